@@ -1,0 +1,385 @@
+//! Semantic checks on a parsed [`Config`]: references, uniqueness, value
+//! ranges, and capabilities not built yet (refused by name, never ignored).
+//! Patterns (paths, regexes, rewrites) are checked where they are compiled,
+//! in `crate::snapshot`.
+
+use std::collections::HashSet;
+
+use http::{HeaderName, HeaderValue};
+
+use super::FieldError;
+use super::de::did_you_mean;
+use super::model::*;
+
+pub fn validate(config: &Config) -> Vec<FieldError> {
+    let mut v = Validator { errors: Vec::new() };
+    v.check(config);
+    v.errors
+}
+
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+fn not_yet(what: &str) -> String {
+    format!("{what} not supported yet")
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(path, message));
+    }
+
+    fn check(&mut self, c: &Config) {
+        if c.version != 1 {
+            self.err(
+                "version",
+                format!(
+                    "unsupported config version {}; this gateway reads version 1",
+                    c.version
+                ),
+            );
+        }
+        self.server(&c.server);
+        if c.admin.is_some() {
+            self.err("admin", not_yet("the admin API is"));
+        }
+        if c.redis.is_some() {
+            self.err("redis", not_yet("redis is"));
+        }
+        for (i, _) in c.consumers.iter().enumerate() {
+            self.err(format!("consumers[{i}]"), not_yet("consumers are"));
+        }
+        self.plugins(&c.plugins, "plugins");
+
+        let mut names = HashSet::new();
+        for (i, u) in c.upstreams.iter().enumerate() {
+            let p = format!("upstreams[{i}]");
+            if !names.insert(u.name.as_str()) {
+                self.err(
+                    format!("{p}.name"),
+                    format!("duplicate upstream name `{}`", u.name),
+                );
+            }
+            self.upstream(u, &p);
+        }
+        let upstreams: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let mut names = HashSet::new();
+        for (i, r) in c.routes.iter().enumerate() {
+            let p = format!("routes[{i}]");
+            if !names.insert(r.name.as_str()) {
+                self.err(
+                    format!("{p}.name"),
+                    format!("duplicate route name `{}`", r.name),
+                );
+            }
+            self.route(r, &p, &upstreams);
+        }
+    }
+
+    fn server(&mut self, s: &ServerConfig) {
+        if s.listeners.is_empty() {
+            self.err("server.listeners", "at least one listener is needed");
+        }
+        let (mut names, mut addrs) = (HashSet::new(), HashSet::new());
+        for (i, l) in s.listeners.iter().enumerate() {
+            let p = format!("server.listeners[{i}]");
+            if let Some(name) = &l.name {
+                if !names.insert(name.as_str()) {
+                    self.err(
+                        format!("{p}.name"),
+                        format!("duplicate listener name `{name}`"),
+                    );
+                }
+            }
+            if !addrs.insert(l.address) {
+                self.err(
+                    format!("{p}.address"),
+                    format!("address {} is used by another listener", l.address),
+                );
+            }
+            if l.tls.is_some() {
+                self.err(format!("{p}.tls"), not_yet("TLS listeners are"));
+            }
+        }
+        let l = &s.limits;
+        let p = "server.limits";
+        if l.max_connections == 0 {
+            self.err(format!("{p}.max_connections"), "must be at least 1");
+        }
+        if l.max_request_header_bytes.0 < 1024 {
+            self.err(
+                format!("{p}.max_request_header_bytes"),
+                "must be at least 1KiB",
+            );
+        }
+        if l.max_request_header_bytes.0 > 1 << 20 {
+            self.err(
+                format!("{p}.max_request_header_bytes"),
+                "must be at most 1MiB",
+            );
+        }
+        for (name, d) in [
+            ("header_read_timeout", l.header_read_timeout),
+            ("idle_timeout", l.idle_timeout),
+            ("request_timeout", l.request_timeout),
+        ] {
+            if d.0.is_zero() {
+                self.err(format!("{p}.{name}"), "must be above zero");
+            }
+        }
+        if l.http2_max_concurrent_streams == 0 {
+            self.err(
+                format!("{p}.http2_max_concurrent_streams"),
+                "must be at least 1",
+            );
+        }
+        if HeaderName::from_bytes(s.request_id.header.as_bytes()).is_err() {
+            self.err(
+                "server.request_id.header",
+                format!("`{}` is not a valid header name", s.request_id.header),
+            );
+        }
+        if s.access_log.as_ref().is_some_and(|a| a.enabled) {
+            self.err("server.access_log", not_yet("access logs are"));
+        }
+        if s.tracing
+            .as_ref()
+            .is_some_and(|t| t.otlp_endpoint.is_some())
+        {
+            self.err("server.tracing.otlp_endpoint", not_yet("trace export is"));
+        }
+        if s.metrics_path.is_some() {
+            self.err("server.metrics_path", not_yet("metrics are"));
+        }
+    }
+
+    fn upstream(&mut self, u: &UpstreamConfig, p: &str) {
+        if u.name.is_empty() {
+            self.err(format!("{p}.name"), "must not be empty");
+        }
+        if u.targets.is_empty() {
+            self.err(format!("{p}.targets"), "at least one target is needed");
+        }
+        for (i, t) in u.targets.iter().enumerate() {
+            let tp = format!("{p}.targets[{i}]");
+            if let Err(msg) = crate::upstream::parse_target_url(&t.url) {
+                self.err(format!("{tp}.url"), msg);
+            }
+            if t.weight == 0 || t.weight > 10_000 {
+                self.err(format!("{tp}.weight"), "must be between 1 and 10000");
+            }
+        }
+        match (&u.hash_on, u.load_balancing) {
+            (None, LoadBalancing::ConsistentHash) => self.err(
+                format!("{p}.hash_on"),
+                "is required for consistent_hash (ip, consumer, header:NAME or cookie:NAME)",
+            ),
+            (Some(h), _) => {
+                if let Err(msg) = crate::upstream::HashOn::parse(h) {
+                    self.err(format!("{p}.hash_on"), msg);
+                }
+            }
+            _ => {}
+        }
+        if u.tls.is_some() {
+            self.err(format!("{p}.tls"), not_yet("TLS to upstreams is"));
+        }
+        if u.health_checks.is_some() {
+            self.err(format!("{p}.health_checks"), not_yet("health checks are"));
+        }
+        if u.circuit_breaker.is_some() {
+            self.err(
+                format!("{p}.circuit_breaker"),
+                not_yet("circuit breakers are"),
+            );
+        }
+        if u.retries.is_some() {
+            self.err(format!("{p}.retries"), not_yet("retries are"));
+        }
+        for (name, d) in [
+            ("connect", u.timeouts.connect),
+            ("read", u.timeouts.read),
+            ("write", u.timeouts.write),
+        ] {
+            if d.0.is_zero() {
+                self.err(format!("{p}.timeouts.{name}"), "must be above zero");
+            }
+        }
+    }
+
+    fn route(&mut self, r: &RouteConfig, p: &str, upstreams: &[&str]) {
+        if r.name.is_empty() {
+            self.err(format!("{p}.name"), "must not be empty");
+        }
+        let actions = [
+            r.upstream.is_some(),
+            r.respond.is_some(),
+            r.aggregate.is_some(),
+        ];
+        match actions.iter().filter(|a| **a).count() {
+            0 => self.err(
+                p.to_string(),
+                "a route needs `upstream`, `respond` or `aggregate`",
+            ),
+            1 => {}
+            _ => self.err(
+                p.to_string(),
+                "`upstream`, `respond` and `aggregate` exclude each other",
+            ),
+        }
+        if let Some(name) = &r.upstream {
+            if !upstreams.contains(&name.as_str()) {
+                let msg = match did_you_mean(name, upstreams.iter().copied()) {
+                    Some(s) => format!("unknown upstream `{name}` (did you mean `{s}`?)"),
+                    None => format!("unknown upstream `{name}`"),
+                };
+                self.err(format!("{p}.upstream"), msg);
+            }
+        }
+        if r.aggregate.is_some() {
+            self.err(format!("{p}.aggregate"), not_yet("aggregate routes are"));
+        }
+        if r.grpc_transcode.is_some() {
+            self.err(
+                format!("{p}.grpc_transcode"),
+                not_yet("gRPC transcoding is"),
+            );
+        }
+        for (i, m) in r.matcher.methods.iter().enumerate() {
+            if crate::router::method_bit(m).is_none() {
+                self.err(
+                    format!("{p}.match.methods[{i}]"),
+                    format!("`{m}` is not a known HTTP method (write it in capitals, e.g. GET)"),
+                );
+            }
+        }
+        for (i, h) in r.matcher.hosts.iter().enumerate() {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(' ') {
+                self.err(
+                    format!("{p}.match.hosts[{i}]"),
+                    format!("`{h}` is not a host name (a leading `*.` is the only wildcard)"),
+                );
+            }
+        }
+        for name in r.matcher.headers.keys() {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.err(
+                    format!("{p}.match.headers.{name}"),
+                    "not a valid header name",
+                );
+            }
+        }
+        for (field, value) in [("strip_prefix", &r.strip_prefix), ("rewrite", &r.rewrite)] {
+            if let Some(v) = value {
+                if !v.starts_with('/') {
+                    self.err(format!("{p}.{field}"), "must start with `/`");
+                }
+            }
+        }
+        if r.timeout.is_some_and(|t| t.0.is_zero()) {
+            self.err(format!("{p}.timeout"), "must be above zero");
+        }
+        if let Some(resp) = &r.respond {
+            if !(100..=599).contains(&resp.status) || (100..200).contains(&resp.status) {
+                self.err(
+                    format!("{p}.respond.status"),
+                    "must be a final status code (200-599)",
+                );
+            }
+            self.headers(&resp.headers, &format!("{p}.respond.headers"));
+        }
+        self.plugins(&r.plugins, &format!("{p}.plugins"));
+    }
+
+    fn headers(&mut self, map: &std::collections::BTreeMap<String, String>, p: &str) {
+        for (k, v) in map {
+            if HeaderName::from_bytes(k.as_bytes()).is_err() {
+                self.err(format!("{p}.{k}"), "not a valid header name");
+            } else if HeaderValue::from_str(v).is_err() {
+                self.err(format!("{p}.{k}"), "not a valid header value");
+            }
+        }
+    }
+
+    fn header_transform(&mut self, h: &HeaderTransformConfig, p: &str) {
+        self.headers(&h.add, &format!("{p}.add"));
+        self.headers(&h.set, &format!("{p}.set"));
+        for (i, name) in h.remove.iter().enumerate() {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.err(format!("{p}.remove[{i}]"), "not a valid header name");
+            }
+        }
+        for (from, to) in &h.rename {
+            if HeaderName::from_bytes(from.as_bytes()).is_err()
+                || HeaderName::from_bytes(to.as_bytes()).is_err()
+            {
+                self.err(format!("{p}.rename.{from}"), "not a valid header name");
+            }
+        }
+    }
+
+    fn plugins(&mut self, plugins: &PluginsConfig, p: &str) {
+        let PluginsConfig {
+            ip_restriction,
+            waf,
+            cors,
+            request_validation,
+            api_key,
+            jwt,
+            phantom_token,
+            hmac_auth,
+            acl,
+            rate_limit,
+            request_transform,
+            cache,
+            response_transform,
+            compression,
+        } = plugins;
+        if let Some(ip) = ip_restriction {
+            if ip.allow.is_empty() && ip.deny.is_empty() {
+                self.err(format!("{p}.ip_restriction"), "needs `allow` or `deny`");
+            }
+        }
+        if let Some(t) = request_transform {
+            self.header_transform(&t.headers, &format!("{p}.request_transform.headers"));
+            if t.json.is_some() {
+                self.err(
+                    format!("{p}.request_transform.json"),
+                    not_yet("JSON body transforms are"),
+                );
+            }
+        }
+        if let Some(t) = response_transform {
+            self.header_transform(&t.headers, &format!("{p}.response_transform.headers"));
+            if t.json.is_some() {
+                self.err(
+                    format!("{p}.response_transform.json"),
+                    not_yet("JSON body transforms are"),
+                );
+            }
+        }
+        let unbuilt = [
+            ("waf", waf.is_some()),
+            ("cors", cors.is_some()),
+            ("request_validation", request_validation.is_some()),
+            ("api_key", api_key.is_some()),
+            ("jwt", jwt.is_some()),
+            ("phantom_token", phantom_token.is_some()),
+            ("hmac_auth", hmac_auth.is_some()),
+            ("acl", acl.is_some()),
+            ("rate_limit", rate_limit.is_some()),
+            ("cache", cache.is_some()),
+            ("compression", compression.is_some()),
+        ];
+        for (name, present) in unbuilt {
+            if present {
+                self.err(
+                    format!("{p}.{name}"),
+                    format!("plugin `{name}` is not supported yet"),
+                );
+            }
+        }
+    }
+}

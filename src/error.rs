@@ -1,0 +1,186 @@
+//! Gateway-made errors and the one place that maps each to an HTTP answer:
+//! an RFC 9457 problem+json body with a `urn:portcullis:error:<slug>` type
+//! (SPEC section 8). A new variant does not compile until it has a status.
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::ResponseBody;
+use crate::router::path::PathError;
+
+/// Which side of the gateway a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+    Gateway,
+}
+
+#[derive(Debug)]
+pub enum GatewayError {
+    /// 400: malformed request; `close` ends the connection (request smuggling).
+    BadRequest { detail: &'static str, close: bool },
+    /// 400: the path is unsafe or malformed.
+    InvalidPath(PathError),
+    /// 403: refused by a plugin (ip_restriction, acl).
+    Forbidden(&'static str),
+    /// 404
+    RouteNotFound,
+    /// 405, with the `Allow` set of the matching routes.
+    MethodNotAllowed { allow: u16 },
+    /// 413: the body is larger than the route allows.
+    PayloadTooLarge { limit: u64 },
+    /// 431
+    HeadersTooLarge { limit: u64 },
+    /// 502: the upstream refused the connection (never sent: safe to retry).
+    UpstreamConnect(String),
+    /// 502: the upstream answered garbage or reset (may have been processed).
+    UpstreamProtocol(String),
+    /// 504: the upstream or the route deadline timed out.
+    GatewayTimeout,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest { .. } | GatewayError::InvalidPath(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest { .. } => "bad-request",
+            GatewayError::InvalidPath(_) => "invalid-path",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::RouteNotFound => "route-not-found",
+            GatewayError::MethodNotAllowed { .. } => "method-not-allowed",
+            GatewayError::PayloadTooLarge { .. } => "payload-too-large",
+            GatewayError::HeadersTooLarge { .. } => "headers-too-large",
+            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => "bad-gateway",
+            GatewayError::GatewayTimeout => "gateway-timeout",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            GatewayError::BadRequest { detail, .. } => (*detail).to_string(),
+            GatewayError::InvalidPath(e) => e.describe().to_string(),
+            GatewayError::Forbidden(why) => (*why).to_string(),
+            GatewayError::RouteNotFound => "no route matches this request".into(),
+            GatewayError::MethodNotAllowed { allow } => {
+                format!("this path accepts: {}", crate::router::allow_header(*allow))
+            }
+            GatewayError::PayloadTooLarge { limit } => {
+                format!("the request body exceeds {limit} bytes")
+            }
+            GatewayError::HeadersTooLarge { limit } => {
+                format!("the request headers exceed {limit} bytes")
+            }
+            // Upstream details go to the log, not to clients.
+            GatewayError::UpstreamConnect(_) => {
+                "the upstream service refused the connection".into()
+            }
+            GatewayError::UpstreamProtocol(_) => {
+                "the upstream service sent an invalid response".into()
+            }
+            GatewayError::GatewayTimeout => "the upstream service did not answer in time".into(),
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            GatewayError::UpstreamConnect(_)
+            | GatewayError::UpstreamProtocol(_)
+            | GatewayError::GatewayTimeout => Side::Upstream,
+            _ => Side::Downstream,
+        }
+    }
+
+    /// Safe to send again: the upstream cannot have seen the request.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, GatewayError::UpstreamConnect(_))
+    }
+
+    /// Whether the client connection must close after this answer (we stop
+    /// reading: the rest of its bytes cannot be trusted or are unwanted).
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BadRequest { close: true, .. } | GatewayError::PayloadTooLarge { .. }
+        )
+    }
+
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let status = self.status();
+        if self.side() == Side::Upstream {
+            tracing::warn!(request_id = ?request_id, error = ?self, "upstream call failed");
+        }
+        let mut resp = problem(status, self.slug(), &self.detail(), request_id);
+        if let GatewayError::MethodNotAllowed { allow } = self {
+            if let Ok(v) = HeaderValue::from_str(&crate::router::allow_header(allow)) {
+                resp.headers_mut().insert(http::header::ALLOW, v);
+            }
+        }
+        if self.closes_connection() {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// An RFC 9457 problem+json response.
+pub fn problem(
+    status: StatusCode,
+    slug: &str,
+    detail: &str,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "type": format!("urn:portcullis:error:{slug}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "request_id": request_id.to_str().unwrap_or_default(),
+    });
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn problem_json_shape() {
+        let id = HeaderValue::from_static("abc");
+        let resp = GatewayError::MethodNotAllowed { allow: 1 | 4 }.into_response(&id);
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers()["allow"], "GET, POST");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["type"], "urn:portcullis:error:method-not-allowed");
+        assert_eq!(v["title"], "Method Not Allowed");
+        assert_eq!(v["status"], 405);
+        assert_eq!(v["request_id"], "abc");
+    }
+}

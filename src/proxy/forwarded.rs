@@ -1,0 +1,270 @@
+//! Request hygiene and the headers the gateway sets: hop-by-hop removal,
+//! `X-Forwarded-*` (honouring `trusted_proxies`), the request id and the W3C
+//! `traceparent`. Headers the gateway sets are removed from the client's
+//! request first, and a client's `Connection` header cannot remove them.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+
+use crate::config::Cidr;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static VIA: HeaderName = HeaderName::from_static("via");
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
+/// `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        let _ = conn;
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &CONNECTION,
+        &TRANSFER_ENCODING,
+        &TE,
+        &UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove(http::header::PROXY_AUTHORIZATION);
+    headers.remove(http::header::PROXY_AUTHENTICATE);
+    headers.remove(http::header::TRAILER);
+}
+
+pub fn is_trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
+    !trusted.is_empty() && trusted.iter().any(|c| c.contains(&ip))
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy,
+/// the rightmost `X-Forwarded-For` entry that is not a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut leftmost = peer;
+    let entries = headers.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>();
+    for v in entries.iter().rev() {
+        for item in v.to_str().unwrap_or("").rsplit(',') {
+            let Some(ip) = parse_xff_item(item.trim()) else {
+                return leftmost;
+            };
+            if !is_trusted(ip, trusted) {
+                return ip;
+            }
+            leftmost = ip;
+        }
+    }
+    leftmost
+}
+
+fn parse_xff_item(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    // `[v6]:port` or `v4:port`
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(ip, _)| ip.parse().ok());
+    }
+    s.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok())
+}
+
+/// Sets `X-Forwarded-For/Proto/Host`. From an untrusted peer, whatever the
+/// client sent is replaced; from a trusted one, the peer is appended to its chain.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    proto: &'static str,
+    host: Option<&str>,
+) {
+    let peer_text = crate::config::types::canonical_ip(peer).to_string();
+    let xff = if peer_trusted {
+        let prior: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer_text
+        } else {
+            format!("{}, {peer_text}", prior.join(", "))
+        }
+    } else {
+        peer_text
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !peer_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !peer_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !peer_trusted {
+        // Backends may believe these; only a trusted proxy may send them.
+        headers.remove(&X_REAL_IP);
+        headers.remove(&FORWARDED);
+    }
+}
+
+fn hex_into(out: &mut [u8], mut v: u128) {
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(v & 15) as usize];
+        v >>= 4;
+    }
+}
+
+/// A new random request id: 32 hex digits.
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; 32];
+    hex_into(&mut buf, fastrand::u128(..));
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+}
+
+/// Accepts a client's request id only if it is short and printable.
+pub fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// The `traceparent` to send upstream: the client's trace continued with a
+/// new parent id (this hop), or a new trace if it sent none or an invalid one.
+pub fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    match incoming
+        .map(HeaderValue::as_bytes)
+        .filter(|b| valid_traceparent(b))
+    {
+        Some(b) => {
+            buf[3..35].copy_from_slice(&b[3..35]);
+            buf[53..55].copy_from_slice(&b[53..55]);
+        }
+        None => hex_into(&mut buf[3..35], fastrand::u128(1..)),
+    }
+    hex_into(&mut buf[36..52], u128::from(fastrand::u64(1..)));
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+}
+
+fn valid_traceparent(b: &[u8]) -> bool {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    b.len() == 55
+        && &b[..3] == b"00-"
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[3..35])
+        && hex(&b[36..52])
+        && hex(&b[53..55])
+        && b[3..35].iter().any(|c| *c != b'0')
+        && b[36..52].iter().any(|c| *c != b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted() -> Vec<Cidr> {
+        vec!["10.0.0.0/8".parse().unwrap()]
+    }
+
+    #[test]
+    fn client_ip_is_rightmost_untrusted() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "1.1.1.1, 2.2.2.2, 10.0.0.5".parse().unwrap(),
+        );
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &h, &trusted()),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        // An untrusted peer cannot claim another address.
+        assert_eq!(
+            client_ip("8.8.8.8".parse().unwrap(), &h, &trusted()),
+            "8.8.8.8".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &HeaderMap::new(), &trusted()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn xff_replaced_or_appended() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("x-real-ip", "6.6.6.6".parse().unwrap());
+        set_forwarded(
+            &mut h,
+            "8.8.8.8".parse().unwrap(),
+            false,
+            "http",
+            Some("api.example.com"),
+        );
+        assert_eq!(h["x-forwarded-for"], "8.8.8.8");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert!(h.get("x-real-ip").is_none());
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, "http", None);
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.1");
+    }
+
+    #[test]
+    fn connection_cannot_hide_gateway_headers_and_hop_by_hop_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "x-custom, keep-alive".parse().unwrap());
+        h.insert("x-custom", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn traceparent_propagates_or_starts() {
+        let incoming =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let next = next_traceparent(Some(&incoming));
+        let s = next.to_str().unwrap();
+        assert!(s.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(s.ends_with("-01"));
+        assert_ne!(&s[36..52], "00f067aa0ba902b7");
+        let fresh = next_traceparent(Some(&HeaderValue::from_static("garbage")));
+        assert!(valid_traceparent(fresh.as_bytes()));
+        assert_ne!(
+            &fresh.to_str().unwrap()[3..35],
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+}

@@ -1,0 +1,403 @@
+//! Listeners and connections: accept, the connection cap, HTTP/1.1 and h2c
+//! (prior knowledge) on one port, keep-alive, the header-read (slowloris) and
+//! idle timeouts, and graceful drain on shutdown.
+//!
+//! hyper's own header-read timer also runs while a keep-alive connection sits
+//! idle, which would cut idle connections at `header_read_timeout` instead of
+//! `idle_timeout`. So each connection has a small watchdog instead: the
+//! stream wrapper notes when bytes arrive, the service notes when requests
+//! start and finish, and the watchdog closes the connection when a request
+//! head takes longer than `header_read_timeout` or the connection has been
+//! idle for `idle_timeout`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::handler::{ConnInfo, handle};
+use crate::body::{BoxError, ResponseBody};
+use crate::snapshot::RuntimeHandle;
+
+/// A bound listener, ready to serve.
+pub struct Listener {
+    pub name: String,
+    pub listener: TcpListener,
+}
+
+/// Binds every listener of the config, or says which one failed and why.
+pub async fn bind(specs: &[(String, SocketAddr)]) -> Result<Vec<Listener>, String> {
+    let mut out = Vec::new();
+    for (name, addr) in specs {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|e| format!("listener `{name}`: cannot create a socket: {e}"))?;
+        socket
+            .set_reuseaddr(true)
+            .map_err(|e| format!("listener `{name}`: {e}"))?;
+        socket
+            .set_nodelay(true)
+            .map_err(|e| format!("listener `{name}`: {e}"))?;
+        socket
+            .bind(*addr)
+            .map_err(|e| format!("listener `{name}`: cannot bind {addr}: {e}"))?;
+        let listener = socket
+            .listen(4096)
+            .map_err(|e| format!("listener `{name}`: cannot listen on {addr}: {e}"))?;
+        out.push(Listener {
+            name: name.clone(),
+            listener,
+        });
+    }
+    Ok(out)
+}
+
+/// Serves until `shutdown` resolves, then drains connections for up to
+/// `drain_timeout` (requests in flight finish; idle connections close).
+pub async fn serve(
+    listeners: Vec<Listener>,
+    runtime: RuntimeHandle,
+    shutdown: impl Future<Output = ()>,
+    drain_timeout: Duration,
+) {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = Arc::new(ServerCtx {
+        builder: connection_builder(&runtime),
+        runtime,
+        active: AtomicUsize::new(0),
+    });
+    let mut accept_loops = Vec::new();
+    for l in listeners {
+        accept_loops.push(tokio::spawn(accept_loop(
+            l,
+            ctx.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    shutdown.await;
+    tracing::info!(
+        connections = ctx.active.load(Ordering::Relaxed),
+        "shutting down: no new connections, draining"
+    );
+    let _ = stop_tx.send(true);
+    for task in accept_loops {
+        let _ = task.await;
+    }
+    let graceful = Arc::try_unwrap(graceful).expect("accept loops have stopped");
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = ctx.active.load(Ordering::Relaxed),
+            "shutdown_timeout reached with requests still in flight; closing them"
+        );
+    }
+}
+
+struct ServerCtx {
+    runtime: RuntimeHandle,
+    builder: auto::Builder<TokioExecutor>,
+    /// Open client connections, against `max_connections`.
+    active: AtomicUsize,
+}
+
+async fn accept_loop(
+    l: Listener,
+    ctx: Arc<ServerCtx>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => return,
+            r = l.listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(listener = %l.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let max = ctx.runtime.load().settings.limits.max_connections as usize;
+        if ctx.active.fetch_add(1, Ordering::Relaxed) >= max {
+            ctx.active.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(listener = %l.name, %peer, "max_connections reached; closing new connection");
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            ctx.clone(),
+            graceful.watcher(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ServerCtx>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    struct Active<'a>(&'a AtomicUsize);
+    impl Drop for Active<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _active = Active(&ctx.active);
+
+    let (header_timeout, idle_timeout) = {
+        let rt = ctx.runtime.load();
+        (
+            rt.settings.limits.header_read_timeout.0,
+            rt.settings.limits.idle_timeout.0,
+        )
+    };
+    let tracker = Arc::new(Tracker::new());
+    let io = TokioIo::new(WatchedStream {
+        inner: stream,
+        tracker: tracker.clone(),
+    });
+    let info = Arc::new(ConnInfo { peer, tls: false });
+    let runtime = ctx.runtime.clone();
+    let svc_tracker = tracker.clone();
+    let service = service_fn(move |req| {
+        let guard = RequestGuard::start(svc_tracker.clone());
+        let runtime = runtime.clone();
+        let info = info.clone();
+        async move {
+            // Each request reads the runtime once: a reload never changes it mid-request.
+            let rt = runtime.load_full();
+            let resp = handle(&rt, &info, req).await;
+            Ok::<_, Infallible>(resp.map(|body| TrackedBody {
+                inner: body,
+                _guard: guard,
+            }))
+        }
+    });
+    let conn = watcher.watch(ctx.builder.serve_connection(io, service));
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        reason = watchdog(&tracker, header_timeout, idle_timeout) => {
+            tracing::debug!(%peer, reason, "closing connection");
+        }
+    }
+}
+
+/// Connection activity, shared by the stream wrapper, the service and the watchdog.
+struct Tracker {
+    epoch: Instant,
+    /// Milliseconds since `epoch` (+1, so 0 means "never").
+    last_activity: AtomicU64,
+    /// When the first byte of a request head arrived while idle; 0 = none.
+    head_started: AtomicU64,
+    in_flight: AtomicU32,
+}
+
+impl Tracker {
+    fn new() -> Self {
+        // A new connection owes us a request head within header_read_timeout.
+        Tracker {
+            epoch: Instant::now(),
+            last_activity: AtomicU64::new(1),
+            head_started: AtomicU64::new(1),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn on_read(&self) {
+        let now = self.now();
+        self.last_activity.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Closes connections whose request head is too slow or that sit idle too long.
+async fn watchdog(t: &Tracker, header_timeout: Duration, idle_timeout: Duration) -> &'static str {
+    let header_ms = header_timeout.as_millis() as u64;
+    let idle_ms = idle_timeout.as_millis() as u64;
+    loop {
+        let now = t.now();
+        let wake = if t.in_flight.load(Ordering::Relaxed) > 0 {
+            now + idle_ms
+        } else {
+            let head = t.head_started.load(Ordering::Relaxed);
+            if head != 0 {
+                if now >= head + header_ms {
+                    return "request header read timeout";
+                }
+                head + header_ms
+            } else {
+                let last = t.last_activity.load(Ordering::Relaxed);
+                if now >= last + idle_ms {
+                    return "idle timeout";
+                }
+                last + idle_ms
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(wake - now)).await;
+    }
+}
+
+/// Marks a request in flight from the moment its head is parsed until its
+/// response body is done (or dropped).
+struct RequestGuard(Arc<Tracker>);
+
+impl RequestGuard {
+    fn start(t: Arc<Tracker>) -> Self {
+        t.in_flight.fetch_add(1, Ordering::Relaxed);
+        t.head_started.store(0, Ordering::Relaxed);
+        RequestGuard(t)
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.last_activity.store(self.0.now(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct TrackedBody {
+        #[pin]
+        inner: ResponseBody,
+        _guard: RequestGuard,
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A TCP stream that reports reads to its connection's [`Tracker`].
+struct WatchedStream {
+    inner: TcpStream,
+    tracker: Arc<Tracker>,
+}
+
+impl AsyncRead for WatchedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.tracker.on_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for WatchedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+fn connection_builder(runtime: &RuntimeHandle) -> auto::Builder<TokioExecutor> {
+    let rt = runtime.load();
+    let limits = &rt.settings.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        // The watchdog times header reads (see the module docs).
+        .header_read_timeout(None)
+        // Requests a little over the limit still parse so they get a
+        // problem+json 431; far beyond it hyper answers 431 by itself.
+        .max_buf_size((limits.max_request_header_bytes.0 as usize + 16 * 1024).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(
+            limits.max_request_header_bytes.0.min(u64::from(u32::MAX)) as u32 + 1024,
+        )
+        // CVE-2023-44487 (rapid reset): at most this many streams reset
+        // before being accepted; past it the connection gets GOAWAY.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
+    builder
+}

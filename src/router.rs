@@ -1,0 +1,877 @@
+//! Route lookup: `(host, method, path, headers) → route`, pure and without I/O.
+//!
+//! Paths live in a segment trie (exact paths in a hash map, regexes in one
+//! `RegexSet`), so a lookup visits only the nodes along the request's path:
+//! its cost follows the path's depth, not the number of routes. Every
+//! candidate found on the way is checked against its host, header and method
+//! conditions, and the most specific passing one wins (SPEC "Path rules").
+
+pub mod path;
+
+use std::collections::HashMap;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use regex::{Regex, RegexSet};
+
+/// How one path of a route matches, parsed from its config string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    /// `= /health`
+    Exact(String),
+    /// `/api/v1/users`: the path itself and anything below it.
+    Prefix(Vec<String>),
+    /// `/users/{id}/orders`, `/files/{rest*}`
+    Template(Vec<Segment>),
+    /// `~ ^/v[0-9]+/items$`
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+    Rest(String),
+}
+
+impl PathPattern {
+    pub fn parse(s: &str) -> Result<PathPattern, String> {
+        if let Some(p) = s.strip_prefix('=') {
+            let p = p.trim();
+            check_literal_path(p)?;
+            return Ok(PathPattern::Exact(p.to_string()));
+        }
+        if let Some(r) = s.strip_prefix('~') {
+            let r = r.trim();
+            Regex::new(r).map_err(|e| format!("invalid regex: {e}"))?;
+            return Ok(PathPattern::Regex(r.to_string()));
+        }
+        if !s.starts_with('/') {
+            return Err(format!(
+                "`{s}` must start with `/` (or `= ` for exact, `~ ` for a regex)"
+            ));
+        }
+        let body = s.trim_end_matches('/');
+        let mut segments = Vec::new();
+        let mut template = false;
+        let raw: Vec<&str> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body[1..].split('/').collect()
+        };
+        for (i, seg) in raw.iter().enumerate() {
+            if let Some(name) = seg.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                template = true;
+                if let Some(rest) = name.strip_suffix('*') {
+                    if i + 1 != raw.len() {
+                        return Err(format!("`{{{name}}}` must be the last segment"));
+                    }
+                    check_name(rest)?;
+                    segments.push(Segment::Rest(rest.to_string()));
+                } else {
+                    check_name(name)?;
+                    segments.push(Segment::Param(name.to_string()));
+                }
+            } else if seg.contains(['{', '}']) {
+                return Err(format!(
+                    "segment `{seg}`: a capture must be a whole segment, like `{{id}}`"
+                ));
+            } else {
+                if seg.is_empty() || *seg == "." || *seg == ".." || seg.contains('%') {
+                    return Err(format!("`{s}` is not a normalized path"));
+                }
+                segments.push(Segment::Literal(seg.to_string()));
+            }
+        }
+        if template {
+            let mut seen = Vec::new();
+            for seg in &segments {
+                if let Segment::Param(n) | Segment::Rest(n) = seg {
+                    if seen.contains(&n) {
+                        return Err(format!("capture `{n}` appears twice"));
+                    }
+                    seen.push(n);
+                }
+            }
+            Ok(PathPattern::Template(segments))
+        } else {
+            let lits = segments
+                .into_iter()
+                .map(|s| match s {
+                    Segment::Literal(l) => l,
+                    _ => unreachable!("no captures in a prefix"),
+                })
+                .collect();
+            Ok(PathPattern::Prefix(lits))
+        }
+    }
+
+    /// Names this pattern can capture, for checking `rewrite`.
+    pub fn captures(&self) -> Vec<String> {
+        match self {
+            PathPattern::Template(segs) => segs
+                .iter()
+                .filter_map(|s| match s {
+                    Segment::Param(n) | Segment::Rest(n) => Some(n.clone()),
+                    Segment::Literal(_) => None,
+                })
+                .collect(),
+            PathPattern::Regex(r) => Regex::new(r)
+                .map(|re| re.capture_names().flatten().map(str::to_string).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!(
+            "capture name `{name}` must be letters, digits or `_`"
+        ));
+    }
+    Ok(())
+}
+
+fn check_literal_path(p: &str) -> Result<(), String> {
+    match path::normalize(p) {
+        Ok(n) if n == p => Ok(()),
+        Ok(n) => Err(format!("`{p}` is not normalized; write `{n}`")),
+        Err(e) => Err(format!("`{p}`: {}", e.describe())),
+    }
+}
+
+/// Bit of a standard method in a route's method set; `None` for others.
+pub fn method_bit(m: &str) -> Option<u16> {
+    Some(match m {
+        "GET" => 1,
+        "HEAD" => 2,
+        "POST" => 4,
+        "PUT" => 8,
+        "DELETE" => 16,
+        "PATCH" => 32,
+        "OPTIONS" => 64,
+        "TRACE" => 128,
+        "CONNECT" => 256,
+        _ => return None,
+    })
+}
+
+const METHOD_NAMES: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
+
+/// The `Allow` header value for a method set.
+pub fn allow_header(bits: u16) -> String {
+    METHOD_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, m)| *m)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Conditions besides the path, as written in a route's `match`.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub hosts: Vec<String>,
+    pub methods: Vec<String>,
+    pub headers: Vec<(String, String)>,
+    pub priority: i32,
+}
+
+enum HeaderMatch {
+    Exact(HeaderValue),
+    Regex(Regex),
+}
+
+struct HostMatch {
+    exact: Vec<Box<str>>,
+    /// `*.example.com` stored as `.example.com`.
+    suffixes: Vec<Box<str>>,
+}
+
+impl HostMatch {
+    fn matches(&self, host: &str) -> bool {
+        self.exact.iter().any(|h| **h == *host)
+            || self
+                .suffixes
+                .iter()
+                .any(|s| host.len() > s.len() && host.ends_with(&**s))
+    }
+}
+
+/// One path of one route, with the route's conditions.
+struct Entry {
+    route: usize,
+    rank: u128,
+    pattern: PathPattern,
+    hosts: Option<HostMatch>,
+    /// 0 = any method.
+    methods: u16,
+    headers: Vec<(HeaderName, HeaderMatch)>,
+}
+
+#[derive(Default)]
+struct Node {
+    literal: HashMap<Box<str>, Node>,
+    param: Option<Box<Node>>,
+    /// Prefix routes ending here (they match this node and below).
+    prefix: Vec<u32>,
+    /// Templates ending in `{rest*}` here.
+    rest: Vec<u32>,
+    /// Templates ending exactly here.
+    end: Vec<u32>,
+}
+
+/// What a lookup found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Match),
+    /// The path matched, but not with this method; the set is for `Allow`.
+    MethodNotAllowed(u16),
+    NotFound,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Match {
+    /// Index of the route in the config.
+    pub route: usize,
+    /// Index of the matched path within the table (for captures and explain).
+    entry: u32,
+}
+
+/// The request facts a lookup needs.
+pub struct RouteRequest<'a> {
+    /// Lower-case, without port.
+    pub host: Option<&'a str>,
+    pub method: &'a Method,
+    /// Normalized.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// Immutable route table built once per config.
+pub struct RouteTable {
+    entries: Vec<Entry>,
+    exact: HashMap<Box<str>, Vec<u32>>,
+    root: Node,
+    regex_set: RegexSet,
+    regex_entries: Vec<u32>,
+    regexes: Vec<Regex>,
+}
+
+/// Rank classes, most specific first (SPEC "Path rules").
+const CLASS_EXACT: u128 = 3;
+const CLASS_LITERAL: u128 = 2;
+const CLASS_REGEX: u128 = 1;
+const CLASS_CATCH_ALL: u128 = 0;
+
+fn class_of(rank: u128) -> u128 {
+    rank >> 120
+}
+
+impl RouteTable {
+    /// Builds the table from `(route index, patterns, conditions)` in file order.
+    /// Returns, per failing input, the index of the route and the path and message.
+    pub fn build(
+        routes: &[(usize, Vec<PathPattern>, Conditions)],
+    ) -> Result<RouteTable, Vec<(usize, String)>> {
+        let mut errors = Vec::new();
+        let mut table = RouteTable {
+            entries: Vec::new(),
+            exact: HashMap::new(),
+            root: Node::default(),
+            regex_set: RegexSet::empty(),
+            regex_entries: Vec::new(),
+            regexes: Vec::new(),
+        };
+        let mut regex_sources = Vec::new();
+        for (route, patterns, cond) in routes {
+            let hosts = (!cond.hosts.is_empty()).then(|| HostMatch {
+                exact: cond
+                    .hosts
+                    .iter()
+                    .filter(|h| !h.starts_with("*."))
+                    .map(|h| h.to_ascii_lowercase().into())
+                    .collect(),
+                suffixes: cond
+                    .hosts
+                    .iter()
+                    .filter_map(|h| h.strip_prefix('*'))
+                    .map(|h| h.to_ascii_lowercase().into())
+                    .collect(),
+            });
+            let methods = cond
+                .methods
+                .iter()
+                .filter_map(|m| method_bit(m))
+                .fold(0, |a, b| a | b);
+            let mut headers = Vec::new();
+            for (name, value) in &cond.headers {
+                let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                    continue;
+                };
+                let m = match value.strip_prefix('~') {
+                    Some(re) => match Regex::new(re) {
+                        Ok(re) => HeaderMatch::Regex(re),
+                        Err(e) => {
+                            errors.push((
+                                *route,
+                                format!("match.headers.{name}: invalid regex: {e}"),
+                            ));
+                            continue;
+                        }
+                    },
+                    None => match HeaderValue::from_str(value) {
+                        Ok(v) => HeaderMatch::Exact(v),
+                        Err(_) => {
+                            errors.push((
+                                *route,
+                                format!("match.headers.{name}: not a valid header value"),
+                            ));
+                            continue;
+                        }
+                    },
+                };
+                headers.push((name, m));
+            }
+            let conditions =
+                u128::from(hosts.is_some()) + u128::from(methods != 0) + headers.len() as u128;
+            for pattern in patterns {
+                let id = table.entries.len() as u32;
+                let (class, literals, segments, whole) = match pattern {
+                    PathPattern::Exact(_) => (CLASS_EXACT, 0, 0, 1),
+                    PathPattern::Regex(_) => (CLASS_REGEX, 0, 0, 1),
+                    PathPattern::Prefix(lits) => {
+                        let c = if lits.is_empty() {
+                            CLASS_CATCH_ALL
+                        } else {
+                            CLASS_LITERAL
+                        };
+                        (c, lits.len(), lits.len(), 0)
+                    }
+                    PathPattern::Template(segs) => {
+                        let lits = segs
+                            .iter()
+                            .filter(|s| matches!(s, Segment::Literal(_)))
+                            .count();
+                        let c = if lits == 0 {
+                            CLASS_CATCH_ALL
+                        } else {
+                            CLASS_LITERAL
+                        };
+                        let whole = u128::from(!matches!(segs.last(), Some(Segment::Rest(_))));
+                        (c, lits, segs.len(), whole)
+                    }
+                };
+                let priority = (i64::from(cond.priority) + (1 << 31)) as u128;
+                let rank = class << 120
+                    | (literals.min(0xffff) as u128) << 104
+                    | (segments.min(0xffff) as u128) << 88
+                    | whole << 80
+                    | conditions.min(0xffff) << 64
+                    | priority << 32
+                    | u128::from(u32::MAX - id);
+                match pattern {
+                    PathPattern::Exact(p) => {
+                        table.exact.entry(p.as_str().into()).or_default().push(id)
+                    }
+                    PathPattern::Regex(r) => {
+                        regex_sources.push(r.clone());
+                        table
+                            .regexes
+                            .push(Regex::new(r).expect("checked by PathPattern::parse"));
+                        table.regex_entries.push(id);
+                    }
+                    PathPattern::Prefix(lits) => {
+                        let mut node = &mut table.root;
+                        for l in lits {
+                            node = node.literal.entry(l.as_str().into()).or_default();
+                        }
+                        node.prefix.push(id);
+                    }
+                    PathPattern::Template(segs) => {
+                        let mut node = &mut table.root;
+                        let mut rest = false;
+                        for s in segs {
+                            match s {
+                                Segment::Literal(l) => {
+                                    node = node.literal.entry(l.as_str().into()).or_default()
+                                }
+                                Segment::Param(_) => {
+                                    node = node.param.get_or_insert_with(Default::default)
+                                }
+                                Segment::Rest(_) => rest = true,
+                            }
+                        }
+                        if rest {
+                            node.rest.push(id)
+                        } else {
+                            node.end.push(id)
+                        }
+                    }
+                }
+                table.entries.push(Entry {
+                    route: *route,
+                    rank,
+                    pattern: pattern.clone(),
+                    hosts: hosts.as_ref().map(|h| HostMatch {
+                        exact: h.exact.clone(),
+                        suffixes: h.suffixes.clone(),
+                    }),
+                    methods,
+                    headers: headers
+                        .iter()
+                        .map(|(n, m)| {
+                            (
+                                n.clone(),
+                                match m {
+                                    HeaderMatch::Exact(v) => HeaderMatch::Exact(v.clone()),
+                                    HeaderMatch::Regex(r) => HeaderMatch::Regex(r.clone()),
+                                },
+                            )
+                        })
+                        .collect(),
+                });
+            }
+        }
+        match RegexSet::new(&regex_sources) {
+            Ok(set) => table.regex_set = set,
+            Err(e) => errors.push((0, format!("regex paths: {e}"))),
+        }
+        if errors.is_empty() {
+            Ok(table)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn lookup(&self, req: &RouteRequest<'_>) -> Lookup {
+        let method = method_bit(req.method.as_str()).unwrap_or(0);
+        let mut best = Best {
+            entry: None,
+            rank: 0,
+            allow: 0,
+        };
+        if let Some(ids) = self.exact.get(req.path) {
+            for &id in ids {
+                self.consider(id, req, method, &mut best);
+            }
+        }
+        if best.entry.is_none() {
+            self.visit(
+                &self.root,
+                req.path.strip_prefix('/'),
+                req,
+                method,
+                &mut best,
+            );
+            if best.entry.is_none_or(|_| class_of(best.rank) < CLASS_REGEX)
+                && !self.regex_entries.is_empty()
+            {
+                for i in self.regex_set.matches(req.path).iter() {
+                    self.consider(self.regex_entries[i], req, method, &mut best);
+                }
+            }
+        }
+        match best.entry {
+            Some(id) => Lookup::Found(Match {
+                route: self.entries[id as usize].route,
+                entry: id,
+            }),
+            None if best.allow != 0 => Lookup::MethodNotAllowed(best.allow),
+            None => Lookup::NotFound,
+        }
+    }
+
+    /// `rest`: what follows the `/` after this node; `None` when the path ends here.
+    fn visit(
+        &self,
+        node: &Node,
+        rest: Option<&str>,
+        req: &RouteRequest<'_>,
+        method: u16,
+        best: &mut Best,
+    ) {
+        for &id in node.prefix.iter().chain(&node.rest) {
+            self.consider(id, req, method, best);
+        }
+        match rest {
+            None => {
+                for &id in &node.end {
+                    self.consider(id, req, method, best);
+                }
+            }
+            Some(r) => {
+                let (seg, next) = match r.find('/') {
+                    Some(i) => (&r[..i], Some(&r[i + 1..])),
+                    None => (r, None),
+                };
+                if let Some(child) = node.literal.get(seg) {
+                    self.visit(child, next, req, method, best);
+                }
+                if !seg.is_empty() {
+                    if let Some(param) = &node.param {
+                        self.visit(param, next, req, method, best);
+                    }
+                }
+            }
+        }
+    }
+
+    fn consider(&self, id: u32, req: &RouteRequest<'_>, method: u16, best: &mut Best) {
+        let e = &self.entries[id as usize];
+        if best.entry.is_some() && e.rank <= best.rank {
+            return;
+        }
+        if let Some(hosts) = &e.hosts {
+            if !req.host.is_some_and(|h| hosts.matches(h)) {
+                return;
+            }
+        }
+        for (name, m) in &e.headers {
+            let ok = req.headers.get_all(name).iter().any(|v| match m {
+                HeaderMatch::Exact(want) => v == want,
+                HeaderMatch::Regex(re) => v.to_str().is_ok_and(|s| re.is_match(s)),
+            });
+            if !ok {
+                return;
+            }
+        }
+        if e.methods != 0 && e.methods & method == 0 {
+            best.allow |= e.methods;
+            return;
+        }
+        best.entry = Some(id);
+        best.rank = e.rank;
+    }
+
+    /// The captures of a match (`{id}` → value), for `rewrite`. Values are
+    /// slices of the normalized path (still percent-encoded where needed).
+    pub fn captures<'p>(&self, m: &Match, path: &'p str) -> Vec<(&str, &'p str)> {
+        let e = &self.entries[m.entry as usize];
+        match &e.pattern {
+            PathPattern::Template(segs) => {
+                let mut out = Vec::new();
+                let mut rest = &path[1..];
+                for s in segs {
+                    let (seg, next) = match rest.find('/') {
+                        Some(i) => (&rest[..i], &rest[i + 1..]),
+                        None => (rest, ""),
+                    };
+                    match s {
+                        Segment::Literal(_) => {}
+                        Segment::Param(n) => out.push((n.as_str(), seg)),
+                        Segment::Rest(n) => {
+                            out.push((n.as_str(), rest));
+                            break;
+                        }
+                    }
+                    rest = next;
+                }
+                out
+            }
+            PathPattern::Regex(_) => {
+                let i = self
+                    .regex_entries
+                    .iter()
+                    .position(|&x| x == m.entry)
+                    .expect("regex entry");
+                let re = &self.regexes[i];
+                match re.captures(path) {
+                    Some(c) => re
+                        .capture_names()
+                        .flatten()
+                        .filter_map(|n| c.name(n).map(|v| (n, v.as_str())))
+                        .collect(),
+                    None => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The pattern that matched, for diagnostics.
+    pub fn pattern(&self, m: &Match) -> &PathPattern {
+        &self.entries[m.entry as usize].pattern
+    }
+}
+
+struct Best {
+    entry: Option<u32>,
+    rank: u128,
+    allow: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(routes: &[(&[&str], Conditions)]) -> RouteTable {
+        let input: Vec<_> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, (paths, c))| {
+                (
+                    i,
+                    paths
+                        .iter()
+                        .map(|p| PathPattern::parse(p).unwrap())
+                        .collect(),
+                    c.clone(),
+                )
+            })
+            .collect();
+        RouteTable::build(&input)
+            .map_err(|e| format!("{e:?}"))
+            .unwrap()
+    }
+
+    fn find(
+        t: &RouteTable,
+        method: &str,
+        host: Option<&str>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Lookup {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        t.lookup(&RouteRequest {
+            host,
+            method: &m,
+            path,
+            headers: &h,
+        })
+    }
+
+    fn route_of(l: Lookup) -> Option<usize> {
+        match l {
+            Lookup::Found(m) => Some(m.route),
+            _ => None,
+        }
+    }
+
+    fn any() -> Conditions {
+        Conditions::default()
+    }
+
+    #[test]
+    fn prefix_matches_on_segment_boundaries() {
+        let t = table(&[(&["/api/v1/users"], any())]);
+        assert_eq!(
+            route_of(find(&t, "GET", None, "/api/v1/users", &[])),
+            Some(0)
+        );
+        assert_eq!(
+            route_of(find(&t, "GET", None, "/api/v1/users/7", &[])),
+            Some(0)
+        );
+        assert_eq!(
+            route_of(find(&t, "GET", None, "/api/v1/users/", &[])),
+            Some(0)
+        );
+        assert_eq!(
+            find(&t, "GET", None, "/api/v1/usersX", &[]),
+            Lookup::NotFound
+        );
+        assert_eq!(find(&t, "GET", None, "/api/v1", &[]), Lookup::NotFound);
+    }
+
+    #[test]
+    fn most_specific_wins() {
+        let t = table(&[
+            (&["/"], any()),                  // 0: root
+            (&["~ ^/api/.*$"], any()),        // 1: regex
+            (&["/api"], any()),               // 2: 1 literal
+            (&["/api/v1"], any()),            // 3: 2 literals
+            (&["/api/v1/users/{id}"], any()), // 4: template, 3 literals
+            (&["= /api/v1/users/me"], any()), // 5: exact
+            (&["/api/v1/users"], any()),      // 6: prefix, 3 literals
+        ]);
+        assert_eq!(
+            route_of(find(&t, "GET", None, "/api/v1/users/me", &[])),
+            Some(5)
+        );
+        assert_eq!(
+            route_of(find(&t, "GET", None, "/api/v1/users/7", &[])),
+            Some(4)
+        );
+        assert_eq!(
+            route_of(find(&t, "GET", None, "/api/v1/users/7/x", &[])),
+            Some(6)
+        );
+        assert_eq!(
+            route_of(find(&t, "GET", None, "/api/v1/other", &[])),
+            Some(3)
+        );
+        assert_eq!(route_of(find(&t, "GET", None, "/api/zzz", &[])), Some(2));
+        assert_eq!(route_of(find(&t, "GET", None, "/apix", &[])), Some(0));
+        let t = table(&[(&["/"], any()), (&["~ ^/v[0-9]+/items$"], any())]);
+        assert_eq!(route_of(find(&t, "GET", None, "/v2/items", &[])), Some(1));
+        assert_eq!(route_of(find(&t, "GET", None, "/v2/items/x", &[])), Some(0));
+    }
+
+    #[test]
+    fn more_conditions_then_priority_then_file_order() {
+        let host = Conditions {
+            hosts: vec!["api.example.com".into()],
+            ..any()
+        };
+        let t = table(&[(&["/a"], any()), (&["/a"], host.clone())]);
+        assert_eq!(
+            route_of(find(&t, "GET", Some("api.example.com"), "/a", &[])),
+            Some(1)
+        );
+        assert_eq!(
+            route_of(find(&t, "GET", Some("other.com"), "/a", &[])),
+            Some(0)
+        );
+        let hi = Conditions {
+            priority: 5,
+            ..any()
+        };
+        let t = table(&[(&["/a"], any()), (&["/a"], hi)]);
+        assert_eq!(route_of(find(&t, "GET", None, "/a", &[])), Some(1));
+        let t = table(&[(&["/a"], any()), (&["/a"], any())]);
+        assert_eq!(route_of(find(&t, "GET", None, "/a", &[])), Some(0));
+    }
+
+    #[test]
+    fn hosts_with_wildcards() {
+        let c = Conditions {
+            hosts: vec!["*.example.com".into(), "example.org".into()],
+            ..any()
+        };
+        let t = table(&[(&["/"], c)]);
+        assert_eq!(
+            route_of(find(&t, "GET", Some("a.example.com"), "/", &[])),
+            Some(0)
+        );
+        assert_eq!(
+            route_of(find(&t, "GET", Some("a.b.example.com"), "/", &[])),
+            Some(0)
+        );
+        assert_eq!(
+            route_of(find(&t, "GET", Some("example.org"), "/", &[])),
+            Some(0)
+        );
+        assert_eq!(
+            find(&t, "GET", Some("example.com"), "/", &[]),
+            Lookup::NotFound
+        );
+        assert_eq!(
+            find(&t, "GET", Some("badexample.com"), "/", &[]),
+            Lookup::NotFound
+        );
+        assert_eq!(find(&t, "GET", None, "/", &[]), Lookup::NotFound);
+    }
+
+    #[test]
+    fn methods_give_405_with_allow_unless_another_route_matches() {
+        let get = Conditions {
+            methods: vec!["GET".into(), "POST".into()],
+            ..any()
+        };
+        let t = table(&[(&["/users"], get.clone())]);
+        assert_eq!(
+            find(&t, "DELETE", None, "/users", &[]),
+            Lookup::MethodNotAllowed(1 | 4)
+        );
+        assert_eq!(allow_header(1 | 4), "GET, POST");
+        let t = table(&[(&["/users"], get), (&["/"], any())]);
+        assert_eq!(route_of(find(&t, "DELETE", None, "/users", &[])), Some(1));
+    }
+
+    #[test]
+    fn headers_exact_and_regex() {
+        let v2 = Conditions {
+            headers: vec![("x-api-version".into(), "2".into())],
+            ..any()
+        };
+        let re = Conditions {
+            headers: vec![("x-tenant".into(), "~^acme-[0-9]+$".into())],
+            ..any()
+        };
+        let t = table(&[(&["/a"], any()), (&["/a"], v2), (&["/b"], re)]);
+        assert_eq!(
+            route_of(find(&t, "GET", None, "/a", &[("x-api-version", "2")])),
+            Some(1)
+        );
+        assert_eq!(
+            route_of(find(&t, "GET", None, "/a", &[("x-api-version", "3")])),
+            Some(0)
+        );
+        assert_eq!(
+            route_of(find(&t, "GET", None, "/b", &[("x-tenant", "acme-42")])),
+            Some(2)
+        );
+        assert_eq!(
+            find(&t, "GET", None, "/b", &[("x-tenant", "evil")]),
+            Lookup::NotFound
+        );
+    }
+
+    #[test]
+    fn template_captures() {
+        let t = table(&[
+            (&["/users/{id}/orders/{oid}"], any()),
+            (&["/files/{rest*}"], any()),
+            (&["~ ^/v(?P<ver>[0-9]+)/x$"], any()),
+        ]);
+        let Lookup::Found(m) = find(&t, "GET", None, "/users/7/orders/9", &[]) else {
+            panic!()
+        };
+        assert_eq!(
+            t.captures(&m, "/users/7/orders/9"),
+            vec![("id", "7"), ("oid", "9")]
+        );
+        assert_eq!(
+            find(&t, "GET", None, "/users/7/orders", &[]),
+            Lookup::NotFound
+        );
+        assert_eq!(
+            find(&t, "GET", None, "/users//orders/9", &[]),
+            Lookup::NotFound
+        );
+        let Lookup::Found(m) = find(&t, "GET", None, "/files/a/b/c.txt", &[]) else {
+            panic!()
+        };
+        assert_eq!(
+            t.captures(&m, "/files/a/b/c.txt"),
+            vec![("rest", "a/b/c.txt")]
+        );
+        let Lookup::Found(m) = find(&t, "GET", None, "/v3/x", &[]) else {
+            panic!()
+        };
+        assert_eq!(t.captures(&m, "/v3/x"), vec![("ver", "3")]);
+    }
+
+    #[test]
+    fn case_sensitive_and_semicolons_are_plain() {
+        let t = table(&[(&["/Admin"], any()), (&["= /a;b"], any())]);
+        assert_eq!(find(&t, "GET", None, "/admin", &[]), Lookup::NotFound);
+        assert_eq!(route_of(find(&t, "GET", None, "/a;b", &[])), Some(1));
+        assert_eq!(find(&t, "GET", None, "/a", &[]), Lookup::NotFound);
+    }
+
+    #[test]
+    fn pattern_errors() {
+        assert!(PathPattern::parse("api").is_err());
+        assert!(PathPattern::parse("/a/{rest*}/b").is_err());
+        assert!(PathPattern::parse("/a/x{id}").is_err());
+        assert!(PathPattern::parse("/a/{id}/{id}").is_err());
+        assert!(PathPattern::parse("~ ([").is_err());
+        assert!(PathPattern::parse("= /a/../b").is_err());
+        assert_eq!(
+            PathPattern::parse("/api/").unwrap(),
+            PathPattern::Prefix(vec!["api".into()])
+        );
+    }
+}

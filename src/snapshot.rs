@@ -1,0 +1,306 @@
+//! Compiles a validated [`Config`] into the immutable [`Runtime`] the data
+//! plane reads: the route table, each route's action and plugin pipeline, and
+//! the upstream pools. A runtime is never changed; a reload builds a new one
+//! aside and swaps the [`RuntimeHandle`] pointer, so requests in flight finish
+//! on the runtime they started with.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use crate::config::{Cidr, Config, FieldError, LimitsConfig};
+use crate::plugins::{GlobalPlugins, Pipeline};
+use crate::router::{Conditions, PathPattern, RouteTable};
+use crate::upstream::Upstream;
+
+/// The runtime in force; swapped whole on reload.
+pub type RuntimeHandle = Arc<ArcSwap<Runtime>>;
+
+pub struct Runtime {
+    pub settings: Settings,
+    pub table: RouteTable,
+    pub routes: Vec<Route>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+/// Server-wide settings read per connection or request.
+pub struct Settings {
+    pub trusted_proxies: Vec<Cidr>,
+    pub limits: LimitsConfig,
+    pub request_id_header: HeaderName,
+    pub trust_request_id: bool,
+    pub via: bool,
+}
+
+pub struct Route {
+    pub name: String,
+    pub action: Action,
+    pub max_body: u64,
+    pub timeout: Duration,
+    pub pipeline: Pipeline,
+}
+
+pub enum Action {
+    Proxy {
+        upstream: Arc<Upstream>,
+        strip_prefix: Option<String>,
+        rewrite: Option<Rewrite>,
+    },
+    Respond {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+/// A `rewrite` template: literal text and `{name}` captures.
+pub struct Rewrite {
+    parts: Vec<RewritePart>,
+}
+
+enum RewritePart {
+    Literal(String),
+    Capture(String),
+}
+
+impl Rewrite {
+    fn parse(s: &str) -> Result<Rewrite, String> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(RewritePart::Literal(rest[..open].to_string()));
+            }
+            let close = rest[open..].find('}').ok_or("unclosed `{`")? + open;
+            let name = &rest[open + 1..close];
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("`{{{name}}}` is not a capture name"));
+            }
+            parts.push(RewritePart::Capture(name.to_string()));
+            rest = &rest[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err("unmatched `}`".into());
+        }
+        if !rest.is_empty() {
+            parts.push(RewritePart::Literal(rest.to_string()));
+        }
+        Ok(Rewrite { parts })
+    }
+
+    fn captures(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            RewritePart::Capture(c) => Some(c.as_str()),
+            RewritePart::Literal(_) => None,
+        })
+    }
+
+    /// The rewritten path (and query, if the template has its own `?`).
+    pub fn render(&self, captures: &[(&str, &str)]) -> String {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                RewritePart::Literal(l) => out.push_str(l),
+                RewritePart::Capture(name) => {
+                    if let Some((_, v)) = captures.iter().find(|(n, _)| n == name) {
+                        out.push_str(v);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Removes `prefix` from `path` on a segment boundary; `/` if nothing is left.
+pub fn strip_prefix<'a>(path: &'a str, prefix: &str) -> Cow<'a, str> {
+    match path.strip_prefix(prefix) {
+        Some("") => Cow::Borrowed("/"),
+        Some(rest) if rest.starts_with('/') => Cow::Borrowed(rest),
+        _ => Cow::Borrowed(path),
+    }
+}
+
+/// Builds the runtime. Errors name the field they belong to.
+pub fn compile(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let upstreams: HashMap<String, Arc<Upstream>> = cfg
+        .upstreams
+        .iter()
+        .map(|u| (u.name.clone(), Arc::new(Upstream::build(u))))
+        .collect();
+    let global = GlobalPlugins::build(&cfg.plugins);
+
+    let mut table_input = Vec::with_capacity(cfg.routes.len());
+    let mut routes = Vec::with_capacity(cfg.routes.len());
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        let mut patterns = Vec::new();
+        let defaults = ["/".to_string()];
+        let paths = if r.matcher.paths.is_empty() {
+            &defaults[..]
+        } else {
+            &r.matcher.paths[..]
+        };
+        for (j, path) in paths.iter().enumerate() {
+            match PathPattern::parse(path) {
+                Ok(pat) => patterns.push(pat),
+                Err(e) => errors.push(FieldError::new(format!("{p}.match.paths[{j}]"), e)),
+            }
+        }
+        let rewrite = match r.rewrite.as_deref().map(Rewrite::parse) {
+            Some(Ok(rw)) => {
+                for name in rw.captures() {
+                    if let Some(pat) = patterns
+                        .iter()
+                        .find(|pat| !pat.captures().iter().any(|c| c == name))
+                    {
+                        errors.push(FieldError::new(
+                            format!("{p}.rewrite"),
+                            format!("`{{{name}}}` is not captured by path {pat:?}"),
+                        ));
+                    }
+                }
+                Some(rw)
+            }
+            Some(Err(e)) => {
+                errors.push(FieldError::new(format!("{p}.rewrite"), e));
+                None
+            }
+            None => None,
+        };
+        let action = if let Some(resp) = &r.respond {
+            let mut headers = HeaderMap::new();
+            for (k, v) in &resp.headers {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    headers.append(k, v);
+                }
+            }
+            Action::Respond {
+                status: StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK),
+                headers,
+                body: Bytes::from(resp.body.clone()),
+            }
+        } else if let Some(up) = r.upstream.as_ref().and_then(|u| upstreams.get(u)) {
+            Action::Proxy {
+                upstream: up.clone(),
+                strip_prefix: r
+                    .strip_prefix
+                    .as_ref()
+                    .map(|s| s.trim_end_matches('/').to_string()),
+                rewrite,
+            }
+        } else {
+            // Reported by validation (missing or unknown upstream).
+            continue;
+        };
+        table_input.push((
+            routes.len(),
+            patterns,
+            Conditions {
+                hosts: r.matcher.hosts.clone(),
+                methods: r.matcher.methods.clone(),
+                headers: r
+                    .matcher
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                priority: r.priority,
+            },
+        ));
+        routes.push(Route {
+            name: r.name.clone(),
+            action,
+            max_body: r
+                .max_request_body_bytes
+                .unwrap_or(cfg.server.limits.max_request_body_bytes)
+                .0,
+            timeout: r.timeout.unwrap_or(cfg.server.limits.request_timeout).0,
+            pipeline: Pipeline::build(&global, &r.plugins),
+        });
+    }
+    let table = match RouteTable::build(&table_input) {
+        Ok(t) => Some(t),
+        Err(errs) => {
+            for (route, msg) in errs {
+                let idx = cfg
+                    .routes
+                    .iter()
+                    .position(|r| r.name == routes[route].name)
+                    .unwrap_or(route);
+                errors.push(FieldError::new(format!("routes[{idx}]"), msg));
+            }
+            None
+        }
+    };
+    match table {
+        Some(table) if errors.is_empty() => Ok(Runtime {
+            settings: Settings {
+                trusted_proxies: cfg.server.trusted_proxies.clone(),
+                limits: cfg.server.limits.clone(),
+                request_id_header: HeaderName::from_bytes(cfg.server.request_id.header.as_bytes())
+                    .unwrap_or(HeaderName::from_static("x-request-id")),
+                trust_request_id: cfg.server.request_id.trust_incoming,
+                via: cfg.server.via,
+            },
+            table,
+            routes,
+            upstreams,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// Loads, validates and compiles a config file: the whole check behind
+/// `portcullis validate` and every (re)load.
+pub fn load(
+    path: &std::path::Path,
+) -> Result<(crate::config::Loaded, Runtime), crate::config::ConfigErrors> {
+    let loaded = crate::config::load_file(path)?;
+    let runtime = compile(&loaded.config).map_err(|e| loaded.locate(e))?;
+    Ok((loaded, runtime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_on_segments() {
+        assert_eq!(strip_prefix("/api/v1/users/7", "/api/v1"), "/users/7");
+        assert_eq!(strip_prefix("/api/v1", "/api/v1"), "/");
+        assert_eq!(strip_prefix("/api/v1x", "/api/v1"), "/api/v1x");
+    }
+
+    #[test]
+    fn rewrite_templates() {
+        let rw = Rewrite::parse("/users/{id}/files/{rest}?v=2").unwrap();
+        assert_eq!(
+            rw.render(&[("id", "7"), ("rest", "a/b")]),
+            "/users/7/files/a/b?v=2"
+        );
+        assert!(Rewrite::parse("/x/{").is_err());
+        assert!(Rewrite::parse("/x/{a-b}").is_err());
+    }
+
+    #[test]
+    fn rewrite_captures_must_exist() {
+        let text = "version: 1\nupstreams: [{name: u, targets: [{url: 'http://127.0.0.1:1'}]}]\nroutes:\n  - name: r\n    match: {paths: ['/users/{id}', /people]}\n    upstream: u\n    rewrite: /u/{id}\n";
+        let loaded = crate::config::load_str(text, "t.yaml", &|_| None).unwrap();
+        let errs = compile(&loaded.config).err().unwrap();
+        let located = loaded.locate(errs).to_string();
+        assert!(
+            located.contains("t.yaml:7: routes[0].rewrite: `{id}` is not captured"),
+            "{located}"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Upstream services: their targets, the balancer that picks one, and the
+//! keep-alive connection pool that reaches them (HTTP/1.1 or HTTP/2).
+
+pub mod balance;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use balance::{Balancer, HashOn, PickContext};
+
+use crate::body::RequestBody;
+use crate::config::{Protocol, UpstreamConfig};
+
+/// Checks a target URL: `http://host:port` with no path. Returns its authority.
+pub fn parse_target_url(url: &str) -> Result<Authority, String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("https targets are not supported yet (TLS to upstreams)".into());
+        }
+        _ => return Err(format!("`{url}`: the scheme must be http")),
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!(
+            "`{url}`: a target is host:port only, without a path"
+        ));
+    }
+    let auth = uri
+        .authority()
+        .ok_or_else(|| format!("`{url}` has no host"))?
+        .clone();
+    if auth.as_str().contains('@') {
+        return Err(format!(
+            "`{url}`: credentials in target URLs are not allowed"
+        ));
+    }
+    if auth.port_u16().is_some() {
+        Ok(auth)
+    } else {
+        format!("{}:80", auth.host())
+            .parse()
+            .map_err(|_| format!("`{url}` has an invalid host"))
+    }
+}
+
+/// One backend instance. Lives as long as any request using it.
+pub struct Target {
+    pub authority: Authority,
+    pub weight: u32,
+    in_flight: AtomicUsize,
+}
+
+impl Target {
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds a target's in-flight slot until the response body is done.
+pub struct InFlight(Arc<Target>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub targets: Vec<Arc<Target>>,
+    balancer: Balancer,
+    pub client: Client<HttpConnector, RequestBody>,
+    pub protocol: Protocol,
+    pub read_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds from a validated config.
+    pub fn build(cfg: &UpstreamConfig) -> Upstream {
+        let targets: Vec<Arc<Target>> = cfg
+            .targets
+            .iter()
+            .map(|t| {
+                Arc::new(Target {
+                    authority: parse_target_url(&t.url).expect("validated"),
+                    weight: t.weight,
+                    in_flight: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+        let hash_on = cfg
+            .hash_on
+            .as_deref()
+            .map(|h| HashOn::parse(h).expect("validated"));
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.timeouts.connect.0));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.keepalive.idle_timeout.0)
+            .pool_max_idle_per_host(cfg.keepalive.max_idle_per_target)
+            // The gateway sets Host itself (the client's, preserved).
+            .set_host(false);
+        if matches!(cfg.protocol, Protocol::Http2 | Protocol::Grpc) {
+            builder.http2_only(true);
+        }
+        Upstream {
+            name: cfg.name.clone(),
+            balancer: Balancer::new(cfg.load_balancing, &weights, hash_on),
+            targets,
+            client: builder.build(connector),
+            protocol: cfg.protocol,
+            read_timeout: cfg.timeouts.read.0,
+        }
+    }
+
+    /// Picks a target and takes an in-flight slot on it.
+    pub fn pick(&self, ctx: &PickContext<'_>) -> (Arc<Target>, InFlight) {
+        let i = self
+            .balancer
+            .pick(self.targets.len(), ctx, |i| self.targets[i].in_flight());
+        let target = self.targets[i].clone();
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        (target.clone(), InFlight(target))
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        Scheme::HTTP
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_urls() {
+        assert_eq!(
+            parse_target_url("http://127.0.0.1:9001").unwrap().as_str(),
+            "127.0.0.1:9001"
+        );
+        assert_eq!(
+            parse_target_url("http://users.internal").unwrap().as_str(),
+            "users.internal:80"
+        );
+        assert!(
+            parse_target_url("https://x:1")
+                .unwrap_err()
+                .contains("not supported yet")
+        );
+        assert!(parse_target_url("ftp://x:1").is_err());
+        assert!(parse_target_url("http://x:1/path").is_err());
+        assert!(parse_target_url("http://u:p@x:1").is_err());
+    }
+}
