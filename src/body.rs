@@ -41,6 +41,21 @@ impl std::fmt::Display for ReadTimeout {
 }
 impl std::error::Error for ReadTimeout {}
 
+/// The client's body broke mid-stream (bad chunk, reset): its fault, not the upstream's.
+#[derive(Debug)]
+pub struct ClientBodyError(pub hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client request body: {}", self.0)
+    }
+}
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// The client's request body, streamed upstream with a size limit.
 pub struct RequestBody {
     inner: Incoming,
@@ -76,7 +91,7 @@ impl Body for RequestBody {
                 }
                 Some(Ok(frame))
             }
-            Some(Err(e)) => Some(Err(e.into())),
+            Some(Err(e)) => Some(Err(Box::new(ClientBodyError(e)))),
             None => None,
         })
     }
@@ -182,9 +197,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            ResponseBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             ResponseBody::Upstream { inner, .. } => inner.size_hint(),
         }
     }

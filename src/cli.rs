@@ -27,12 +27,7 @@ enum Command {
     /// Serve with a config file.
     Run {
         /// Config file (default ./portcullis.yaml, or $PORTCULLIS_CONFIG).
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "portcullis.yaml"
-        )]
+        #[arg(short, long, env = "PORTCULLIS_CONFIG", default_value = "portcullis.yaml")]
         config: PathBuf,
         /// Worker threads (default: one per CPU core).
         #[arg(long)]
@@ -40,12 +35,7 @@ enum Command {
     },
     /// Check a config file: exit 0 if valid, 1 with every error listed.
     Validate {
-        #[arg(
-            short,
-            long,
-            env = "PORTCULLIS_CONFIG",
-            default_value = "portcullis.yaml"
-        )]
+        #[arg(short, long, env = "PORTCULLIS_CONFIG", default_value = "portcullis.yaml")]
         config: PathBuf,
     },
     /// Print the version and enabled features.
@@ -112,12 +102,10 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let workers = workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let workers =
+                workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let rt = if workers <= 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
+                tokio::runtime::Builder::new_current_thread().enable_all().build()
             } else {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(workers)

@@ -206,10 +206,7 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
         if !SECTIONS.contains(&key) {
             let message = match de::did_you_mean(key, SECTIONS.iter().copied()) {
                 Some(s) => format!("unknown key `{key}` (did you mean `{s}`?)"),
-                None => format!(
-                    "unknown key `{key}`; expected one of: {}",
-                    SECTIONS.join(", ")
-                ),
+                None => format!("unknown key `{key}`; expected one of: {}", SECTIONS.join(", ")),
             };
             errors.push(ConfigError {
                 line: Some(k.line),
@@ -302,9 +299,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Loaded, ConfigErrors> {
-        load_str(text, "test.yaml", &|n| {
-            (n == "UP").then(|| "users".to_string())
-        })
+        load_str(text, "test.yaml", &|n| (n == "UP").then(|| "users".to_string()))
     }
 
     #[test]
@@ -331,9 +326,7 @@ mod tests {
         let err = load(text).unwrap_err();
         let s = err.to_string();
         assert!(
-            s.contains(
-                "test.yaml:8: routes[0].upstrem: unknown key `upstrem` (did you mean `upstream`?)"
-            ),
+            s.contains("test.yaml:8: routes[0].upstrem: unknown key `upstrem` (did you mean `upstream`?)"),
             "{s}"
         );
         // The second route's error is reported too (semantic errors run once parsing succeeds,
@@ -341,9 +334,7 @@ mod tests {
         let text = text.replace("upstrem", "upstream");
         let s = load(&text).unwrap_err().to_string();
         assert!(
-            s.contains(
-                "test.yaml:11: routes[1].upstream: unknown upstream `user` (did you mean `users`?)"
-            ),
+            s.contains("test.yaml:11: routes[1].upstream: unknown upstream `user` (did you mean `users`?)"),
             "{s}"
         );
     }
@@ -361,13 +352,10 @@ mod tests {
 
     #[test]
     fn env_substitution_and_missing_variables() {
-        let ok = load(
-            "version: 1\nupstreams:\n  - name: ${UP}\n    targets: [{url: http://127.0.0.1:1}]\n",
-        )
-        .unwrap();
+        let ok = load("version: 1\nupstreams:\n  - name: ${UP}\n    targets: [{url: http://127.0.0.1:1}]\n")
+            .unwrap();
         assert_eq!(ok.config.upstreams[0].name, "users");
-        let err =
-            load("version: 1\nserver:\n  limits:\n    max_connections: ${NOPE}\n").unwrap_err();
+        let err = load("version: 1\nserver:\n  limits:\n    max_connections: ${NOPE}\n").unwrap_err();
         assert_eq!(err.errors[0].path, "server.limits.max_connections");
         assert_eq!(err.errors[0].line, Some(4));
         assert!(err.errors[0].message.contains("NOPE"));

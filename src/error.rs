@@ -44,17 +44,13 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadRequest { .. } | GatewayError::InvalidPath(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::BadRequest { .. } | GatewayError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -89,12 +85,8 @@ impl GatewayError {
                 format!("the request headers exceed {limit} bytes")
             }
             // Upstream details go to the log, not to clients.
-            GatewayError::UpstreamConnect(_) => {
-                "the upstream service refused the connection".into()
-            }
-            GatewayError::UpstreamProtocol(_) => {
-                "the upstream service sent an invalid response".into()
-            }
+            GatewayError::UpstreamConnect(_) => "the upstream service refused the connection".into(),
+            GatewayError::UpstreamProtocol(_) => "the upstream service sent an invalid response".into(),
             GatewayError::GatewayTimeout => "the upstream service did not answer in time".into(),
         }
     }
@@ -157,10 +149,8 @@ pub fn problem(
     });
     let mut resp = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     resp
 }
 

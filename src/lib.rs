@@ -48,11 +48,7 @@ pub async fn run(
         .collect();
     let listeners = proxy::server::bind(&specs).await?;
     for l in &listeners {
-        let address = l
-            .listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let address = l.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listener = %l.name, address = %address, "listening");
     }
     tracing::info!(
@@ -61,12 +57,6 @@ pub async fn run(
         "config loaded"
     );
     let handle = Arc::new(ArcSwap::from_pointee(runtime));
-    proxy::server::serve(
-        listeners,
-        handle,
-        shutdown,
-        config.server.shutdown_timeout.0,
-    )
-    .await;
+    proxy::server::serve(listeners, handle, shutdown, config.server.shutdown_timeout.0).await;
     Ok(())
 }

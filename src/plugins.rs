@@ -84,11 +84,7 @@ impl Plugin {
         self.phase() >= Phase::ResponseTransform
     }
 
-    async fn on_request(
-        &self,
-        ctx: &mut RequestCtx,
-        req: &mut request::Parts,
-    ) -> Result<Flow, GatewayError> {
+    async fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Result<Flow, GatewayError> {
         match self {
             Plugin::IpRestriction(p) => p.check(ctx.client_ip).map(|()| Flow::Continue),
             Plugin::RequestTransform(p) => {

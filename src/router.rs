@@ -125,9 +125,7 @@ impl PathPattern {
 
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(format!(
-            "capture name `{name}` must be letters, digits or `_`"
-        ));
+        return Err(format!("capture name `{name}` must be letters, digits or `_`"));
     }
     Ok(())
 }
@@ -316,28 +314,21 @@ impl RouteTable {
                     Some(re) => match Regex::new(re) {
                         Ok(re) => HeaderMatch::Regex(re),
                         Err(e) => {
-                            errors.push((
-                                *route,
-                                format!("match.headers.{name}: invalid regex: {e}"),
-                            ));
+                            errors.push((*route, format!("match.headers.{name}: invalid regex: {e}")));
                             continue;
                         }
                     },
                     None => match HeaderValue::from_str(value) {
                         Ok(v) => HeaderMatch::Exact(v),
                         Err(_) => {
-                            errors.push((
-                                *route,
-                                format!("match.headers.{name}: not a valid header value"),
-                            ));
+                            errors.push((*route, format!("match.headers.{name}: not a valid header value")));
                             continue;
                         }
                     },
                 };
                 headers.push((name, m));
             }
-            let conditions =
-                u128::from(hosts.is_some()) + u128::from(methods != 0) + headers.len() as u128;
+            let conditions = u128::from(hosts.is_some()) + u128::from(methods != 0) + headers.len() as u128;
             for pattern in patterns {
                 let id = table.entries.len() as u32;
                 let (class, literals, segments, whole) = match pattern {
@@ -352,15 +343,8 @@ impl RouteTable {
                         (c, lits.len(), lits.len(), 0)
                     }
                     PathPattern::Template(segs) => {
-                        let lits = segs
-                            .iter()
-                            .filter(|s| matches!(s, Segment::Literal(_)))
-                            .count();
-                        let c = if lits == 0 {
-                            CLASS_CATCH_ALL
-                        } else {
-                            CLASS_LITERAL
-                        };
+                        let lits = segs.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
+                        let c = if lits == 0 { CLASS_CATCH_ALL } else { CLASS_LITERAL };
                         let whole = u128::from(!matches!(segs.last(), Some(Segment::Rest(_))));
                         (c, lits, segs.len(), whole)
                     }
@@ -374,9 +358,7 @@ impl RouteTable {
                     | priority << 32
                     | u128::from(u32::MAX - id);
                 match pattern {
-                    PathPattern::Exact(p) => {
-                        table.exact.entry(p.as_str().into()).or_default().push(id)
-                    }
+                    PathPattern::Exact(p) => table.exact.entry(p.as_str().into()).or_default().push(id),
                     PathPattern::Regex(r) => {
                         regex_sources.push(r.clone());
                         table
@@ -399,9 +381,7 @@ impl RouteTable {
                                 Segment::Literal(l) => {
                                     node = node.literal.entry(l.as_str().into()).or_default()
                                 }
-                                Segment::Param(_) => {
-                                    node = node.param.get_or_insert_with(Default::default)
-                                }
+                                Segment::Param(_) => node = node.param.get_or_insert_with(Default::default),
                                 Segment::Rest(_) => rest = true,
                             }
                         }
@@ -440,11 +420,7 @@ impl RouteTable {
             Ok(set) => table.regex_set = set,
             Err(e) => errors.push((0, format!("regex paths: {e}"))),
         }
-        if errors.is_empty() {
-            Ok(table)
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(table) } else { Err(errors) }
     }
 
     pub fn lookup(&self, req: &RouteRequest<'_>) -> Lookup {
@@ -460,15 +436,8 @@ impl RouteTable {
             }
         }
         if best.entry.is_none() {
-            self.visit(
-                &self.root,
-                req.path.strip_prefix('/'),
-                req,
-                method,
-                &mut best,
-            );
-            if best.entry.is_none_or(|_| class_of(best.rank) < CLASS_REGEX)
-                && !self.regex_entries.is_empty()
+            self.visit(&self.root, req.path.strip_prefix('/'), req, method, &mut best);
+            if best.entry.is_none_or(|_| class_of(best.rank) < CLASS_REGEX) && !self.regex_entries.is_empty()
             {
                 for i in self.regex_set.matches(req.path).iter() {
                     self.consider(self.regex_entries[i], req, method, &mut best);
@@ -486,14 +455,7 @@ impl RouteTable {
     }
 
     /// `rest`: what follows the `/` after this node; `None` when the path ends here.
-    fn visit(
-        &self,
-        node: &Node,
-        rest: Option<&str>,
-        req: &RouteRequest<'_>,
-        method: u16,
-        best: &mut Best,
-    ) {
+    fn visit(&self, node: &Node, rest: Option<&str>, req: &RouteRequest<'_>, method: u16, best: &mut Best) {
         for &id in node.prefix.iter().chain(&node.rest) {
             self.consider(id, req, method, best);
         }
@@ -615,17 +577,12 @@ mod tests {
             .map(|(i, (paths, c))| {
                 (
                     i,
-                    paths
-                        .iter()
-                        .map(|p| PathPattern::parse(p).unwrap())
-                        .collect(),
+                    paths.iter().map(|p| PathPattern::parse(p).unwrap()).collect(),
                     c.clone(),
                 )
             })
             .collect();
-        RouteTable::build(&input)
-            .map_err(|e| format!("{e:?}"))
-            .unwrap()
+        RouteTable::build(&input).map_err(|e| format!("{e:?}")).unwrap()
     }
 
     fn find(
@@ -637,10 +594,7 @@ mod tests {
     ) -> Lookup {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         let m = Method::from_bytes(method.as_bytes()).unwrap();
         t.lookup(&RouteRequest {
@@ -665,22 +619,10 @@ mod tests {
     #[test]
     fn prefix_matches_on_segment_boundaries() {
         let t = table(&[(&["/api/v1/users"], any())]);
-        assert_eq!(
-            route_of(find(&t, "GET", None, "/api/v1/users", &[])),
-            Some(0)
-        );
-        assert_eq!(
-            route_of(find(&t, "GET", None, "/api/v1/users/7", &[])),
-            Some(0)
-        );
-        assert_eq!(
-            route_of(find(&t, "GET", None, "/api/v1/users/", &[])),
-            Some(0)
-        );
-        assert_eq!(
-            find(&t, "GET", None, "/api/v1/usersX", &[]),
-            Lookup::NotFound
-        );
+        assert_eq!(route_of(find(&t, "GET", None, "/api/v1/users", &[])), Some(0));
+        assert_eq!(route_of(find(&t, "GET", None, "/api/v1/users/7", &[])), Some(0));
+        assert_eq!(route_of(find(&t, "GET", None, "/api/v1/users/", &[])), Some(0));
+        assert_eq!(find(&t, "GET", None, "/api/v1/usersX", &[]), Lookup::NotFound);
         assert_eq!(find(&t, "GET", None, "/api/v1", &[]), Lookup::NotFound);
     }
 
@@ -695,22 +637,10 @@ mod tests {
             (&["= /api/v1/users/me"], any()), // 5: exact
             (&["/api/v1/users"], any()),      // 6: prefix, 3 literals
         ]);
-        assert_eq!(
-            route_of(find(&t, "GET", None, "/api/v1/users/me", &[])),
-            Some(5)
-        );
-        assert_eq!(
-            route_of(find(&t, "GET", None, "/api/v1/users/7", &[])),
-            Some(4)
-        );
-        assert_eq!(
-            route_of(find(&t, "GET", None, "/api/v1/users/7/x", &[])),
-            Some(6)
-        );
-        assert_eq!(
-            route_of(find(&t, "GET", None, "/api/v1/other", &[])),
-            Some(3)
-        );
+        assert_eq!(route_of(find(&t, "GET", None, "/api/v1/users/me", &[])), Some(5));
+        assert_eq!(route_of(find(&t, "GET", None, "/api/v1/users/7", &[])), Some(4));
+        assert_eq!(route_of(find(&t, "GET", None, "/api/v1/users/7/x", &[])), Some(6));
+        assert_eq!(route_of(find(&t, "GET", None, "/api/v1/other", &[])), Some(3));
         assert_eq!(route_of(find(&t, "GET", None, "/api/zzz", &[])), Some(2));
         assert_eq!(route_of(find(&t, "GET", None, "/apix", &[])), Some(0));
         let t = table(&[(&["/"], any()), (&["~ ^/v[0-9]+/items$"], any())]);
@@ -729,14 +659,8 @@ mod tests {
             route_of(find(&t, "GET", Some("api.example.com"), "/a", &[])),
             Some(1)
         );
-        assert_eq!(
-            route_of(find(&t, "GET", Some("other.com"), "/a", &[])),
-            Some(0)
-        );
-        let hi = Conditions {
-            priority: 5,
-            ..any()
-        };
+        assert_eq!(route_of(find(&t, "GET", Some("other.com"), "/a", &[])), Some(0));
+        let hi = Conditions { priority: 5, ..any() };
         let t = table(&[(&["/a"], any()), (&["/a"], hi)]);
         assert_eq!(route_of(find(&t, "GET", None, "/a", &[])), Some(1));
         let t = table(&[(&["/a"], any()), (&["/a"], any())]);
@@ -758,14 +682,8 @@ mod tests {
             route_of(find(&t, "GET", Some("a.b.example.com"), "/", &[])),
             Some(0)
         );
-        assert_eq!(
-            route_of(find(&t, "GET", Some("example.org"), "/", &[])),
-            Some(0)
-        );
-        assert_eq!(
-            find(&t, "GET", Some("example.com"), "/", &[]),
-            Lookup::NotFound
-        );
+        assert_eq!(route_of(find(&t, "GET", Some("example.org"), "/", &[])), Some(0));
+        assert_eq!(find(&t, "GET", Some("example.com"), "/", &[]), Lookup::NotFound);
         assert_eq!(
             find(&t, "GET", Some("badexample.com"), "/", &[]),
             Lookup::NotFound
@@ -832,21 +750,12 @@ mod tests {
             t.captures(&m, "/users/7/orders/9"),
             vec![("id", "7"), ("oid", "9")]
         );
-        assert_eq!(
-            find(&t, "GET", None, "/users/7/orders", &[]),
-            Lookup::NotFound
-        );
-        assert_eq!(
-            find(&t, "GET", None, "/users//orders/9", &[]),
-            Lookup::NotFound
-        );
+        assert_eq!(find(&t, "GET", None, "/users/7/orders", &[]), Lookup::NotFound);
+        assert_eq!(find(&t, "GET", None, "/users//orders/9", &[]), Lookup::NotFound);
         let Lookup::Found(m) = find(&t, "GET", None, "/files/a/b/c.txt", &[]) else {
             panic!()
         };
-        assert_eq!(
-            t.captures(&m, "/files/a/b/c.txt"),
-            vec![("rest", "a/b/c.txt")]
-        );
+        assert_eq!(t.captures(&m, "/files/a/b/c.txt"), vec![("rest", "a/b/c.txt")]);
         let Lookup::Found(m) = find(&t, "GET", None, "/v3/x", &[]) else {
             panic!()
         };

@@ -177,10 +177,7 @@ pub fn compile(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
         let action = if let Some(resp) = &r.respond {
             let mut headers = HeaderMap::new();
             for (k, v) in &resp.headers {
-                if let (Ok(k), Ok(v)) = (
-                    HeaderName::from_bytes(k.as_bytes()),
-                    HeaderValue::from_str(v),
-                ) {
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
                     headers.append(k, v);
                 }
             }
@@ -262,9 +259,7 @@ pub fn compile(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
 
 /// Loads, validates and compiles a config file: the whole check behind
 /// `portcullis validate` and every (re)load.
-pub fn load(
-    path: &std::path::Path,
-) -> Result<(crate::config::Loaded, Runtime), crate::config::ConfigErrors> {
+pub fn load(path: &std::path::Path) -> Result<(crate::config::Loaded, Runtime), crate::config::ConfigErrors> {
     let loaded = crate::config::load_file(path)?;
     let runtime = compile(&loaded.config).map_err(|e| loaded.locate(e))?;
     Ok((loaded, runtime))

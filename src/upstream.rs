@@ -28,18 +28,14 @@ pub fn parse_target_url(url: &str) -> Result<Authority, String> {
         _ => return Err(format!("`{url}`: the scheme must be http")),
     }
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-        return Err(format!(
-            "`{url}`: a target is host:port only, without a path"
-        ));
+        return Err(format!("`{url}`: a target is host:port only, without a path"));
     }
     let auth = uri
         .authority()
         .ok_or_else(|| format!("`{url}` has no host"))?
         .clone();
     if auth.as_str().contains('@') {
-        return Err(format!(
-            "`{url}`: credentials in target URLs are not allowed"
-        ));
+        return Err(format!("`{url}`: credentials in target URLs are not allowed"));
     }
     if auth.port_u16().is_some() {
         Ok(auth)

@@ -65,10 +65,7 @@ impl de::Error for DeError {
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
         let message = match did_you_mean(field, expected.iter().copied()) {
             Some(s) => format!("unknown key `{field}` (did you mean `{s}`?)"),
-            None => format!(
-                "unknown key `{field}`; expected one of: {}",
-                expected.join(", ")
-            ),
+            None => format!("unknown key `{field}`; expected one of: {}", expected.join(", ")),
         };
         Self::custom(message)
     }
@@ -93,10 +90,7 @@ impl de::Error for DeError {
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a typo.
-pub fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let max = (word.len() / 3).max(2);
     candidates
         .into_iter()
@@ -143,18 +137,14 @@ impl<'a> NodeDe<'a> {
     }
 
     fn invalid(&self, expected: &str) -> DeError {
-        DeError::custom(format!(
-            "expected {expected}, found {}",
-            self.node.describe()
-        ))
-        .located(&self.path, self.node.line)
+        DeError::custom(format!("expected {expected}, found {}", self.node.describe()))
+            .located(&self.path, self.node.line)
     }
 
     fn parse<T: std::str::FromStr>(&self, what: &str) -> Result<T, DeError> {
         let s = self.scalar()?;
         s.trim().parse().map_err(|_| {
-            DeError::custom(format!("expected {what}, found {s:?}"))
-                .located(&self.path, self.node.line)
+            DeError::custom(format!("expected {what}, found {s:?}")).located(&self.path, self.node.line)
         })
     }
 
@@ -186,20 +176,13 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
                     visitor.visit_i64(i)
                 } else if let Ok(u) = value.parse::<u64>() {
                     visitor.visit_u64(u)
-                } else if let Some(f) = value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|_| looks_like_float(value))
-                {
+                } else if let Some(f) = value.parse::<f64>().ok().filter(|_| looks_like_float(value)) {
                     visitor.visit_f64(f)
                 } else {
                     visitor.visit_str(value)
                 }
             }
-            NodeKind::Scalar {
-                value,
-                plain: false,
-            } => visitor.visit_str(value),
+            NodeKind::Scalar { value, plain: false } => visitor.visit_str(value),
             NodeKind::Seq(_) => return self.deserialize_seq(visitor),
             NodeKind::Map(_) => return self.deserialize_map(visitor),
         };
@@ -392,10 +375,7 @@ struct SeqAccess<'a, I> {
 impl<'de, 'a, I: Iterator<Item = (usize, &'a Node)>> de::SeqAccess<'de> for SeqAccess<'a, I> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
         match self.items.next() {
             None => Ok(None),
             Some((i, node)) => {
@@ -419,10 +399,7 @@ struct MapAccess<'a, I> {
 impl<'de, 'a, I: Iterator<Item = &'a (Node, Node)>> de::MapAccess<'de> for MapAccess<'a, I> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
         match self.entries.next() {
             None => Ok(None),
             Some((k, v)) => {
@@ -458,10 +435,7 @@ impl<'de, 'a> de::EnumAccess<'de> for EnumAccess<'a> {
     type Error = DeError;
     type Variant = NodeDe<'a>;
 
-    fn variant_seed<S: DeserializeSeed<'de>>(
-        self,
-        seed: S,
-    ) -> Result<(S::Value, NodeDe<'a>), DeError> {
+    fn variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, NodeDe<'a>), DeError> {
         let path = child_path(self.path, key_text(self.key));
         let v = seed.deserialize(NodeDe {
             node: self.key,
@@ -567,10 +541,7 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(
-            did_you_mean("upstrem", ["upstream", "routes"]),
-            Some("upstream")
-        );
+        assert_eq!(did_you_mean("upstrem", ["upstream", "routes"]), Some("upstream"));
         assert_eq!(did_you_mean("zzzzzz", ["upstream", "routes"]), None);
     }
 }

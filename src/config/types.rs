@@ -36,9 +36,7 @@ impl FromStr for Duration {
             "h" => n.checked_mul(3_600_000),
             "" if n == 0 => Some(0),
             _ => {
-                return Err(format!(
-                    "invalid duration {s:?}: the unit must be ms, s, m or h"
-                ));
+                return Err(format!("invalid duration {s:?}: the unit must be ms, s, m or h"));
             }
         };
         ms.map(|ms| Duration(std::time::Duration::from_millis(ms)))

@@ -68,10 +68,7 @@ impl Validator {
         for (i, r) in c.routes.iter().enumerate() {
             let p = format!("routes[{i}]");
             if !names.insert(r.name.as_str()) {
-                self.err(
-                    format!("{p}.name"),
-                    format!("duplicate route name `{}`", r.name),
-                );
+                self.err(format!("{p}.name"), format!("duplicate route name `{}`", r.name));
             }
             self.route(r, &p, &upstreams);
         }
@@ -86,10 +83,7 @@ impl Validator {
             let p = format!("server.listeners[{i}]");
             if let Some(name) = &l.name {
                 if !names.insert(name.as_str()) {
-                    self.err(
-                        format!("{p}.name"),
-                        format!("duplicate listener name `{name}`"),
-                    );
+                    self.err(format!("{p}.name"), format!("duplicate listener name `{name}`"));
                 }
             }
             if !addrs.insert(l.address) {
@@ -108,16 +102,10 @@ impl Validator {
             self.err(format!("{p}.max_connections"), "must be at least 1");
         }
         if l.max_request_header_bytes.0 < 1024 {
-            self.err(
-                format!("{p}.max_request_header_bytes"),
-                "must be at least 1KiB",
-            );
+            self.err(format!("{p}.max_request_header_bytes"), "must be at least 1KiB");
         }
         if l.max_request_header_bytes.0 > 1 << 20 {
-            self.err(
-                format!("{p}.max_request_header_bytes"),
-                "must be at most 1MiB",
-            );
+            self.err(format!("{p}.max_request_header_bytes"), "must be at most 1MiB");
         }
         for (name, d) in [
             ("header_read_timeout", l.header_read_timeout),
@@ -129,10 +117,7 @@ impl Validator {
             }
         }
         if l.http2_max_concurrent_streams == 0 {
-            self.err(
-                format!("{p}.http2_max_concurrent_streams"),
-                "must be at least 1",
-            );
+            self.err(format!("{p}.http2_max_concurrent_streams"), "must be at least 1");
         }
         if HeaderName::from_bytes(s.request_id.header.as_bytes()).is_err() {
             self.err(
@@ -143,10 +128,7 @@ impl Validator {
         if s.access_log.as_ref().is_some_and(|a| a.enabled) {
             self.err("server.access_log", not_yet("access logs are"));
         }
-        if s.tracing
-            .as_ref()
-            .is_some_and(|t| t.otlp_endpoint.is_some())
-        {
+        if s.tracing.as_ref().is_some_and(|t| t.otlp_endpoint.is_some()) {
             self.err("server.tracing.otlp_endpoint", not_yet("trace export is"));
         }
         if s.metrics_path.is_some() {
@@ -189,10 +171,7 @@ impl Validator {
             self.err(format!("{p}.health_checks"), not_yet("health checks are"));
         }
         if u.circuit_breaker.is_some() {
-            self.err(
-                format!("{p}.circuit_breaker"),
-                not_yet("circuit breakers are"),
-            );
+            self.err(format!("{p}.circuit_breaker"), not_yet("circuit breakers are"));
         }
         if u.retries.is_some() {
             self.err(format!("{p}.retries"), not_yet("retries are"));
@@ -212,11 +191,7 @@ impl Validator {
         if r.name.is_empty() {
             self.err(format!("{p}.name"), "must not be empty");
         }
-        let actions = [
-            r.upstream.is_some(),
-            r.respond.is_some(),
-            r.aggregate.is_some(),
-        ];
+        let actions = [r.upstream.is_some(), r.respond.is_some(), r.aggregate.is_some()];
         match actions.iter().filter(|a| **a).count() {
             0 => self.err(
                 p.to_string(),
@@ -241,10 +216,7 @@ impl Validator {
             self.err(format!("{p}.aggregate"), not_yet("aggregate routes are"));
         }
         if r.grpc_transcode.is_some() {
-            self.err(
-                format!("{p}.grpc_transcode"),
-                not_yet("gRPC transcoding is"),
-            );
+            self.err(format!("{p}.grpc_transcode"), not_yet("gRPC transcoding is"));
         }
         for (i, m) in r.matcher.methods.iter().enumerate() {
             if crate::router::method_bit(m).is_none() {
@@ -265,10 +237,7 @@ impl Validator {
         }
         for name in r.matcher.headers.keys() {
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
-                self.err(
-                    format!("{p}.match.headers.{name}"),
-                    "not a valid header name",
-                );
+                self.err(format!("{p}.match.headers.{name}"), "not a valid header name");
             }
         }
         for (field, value) in [("strip_prefix", &r.strip_prefix), ("rewrite", &r.rewrite)] {

@@ -40,10 +40,7 @@ mod tests {
     #[test]
     fn deny_wins_and_allow_restricts() {
         let cfg = IpRestrictionConfig {
-            allow: vec![
-                "10.0.0.0/8".parse().unwrap(),
-                "2001:db8::/32".parse().unwrap(),
-            ],
+            allow: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
             deny: vec!["10.9.0.0/16".parse().unwrap()],
         };
         let p = IpRestriction::new(&cfg);

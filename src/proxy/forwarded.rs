@@ -173,10 +173,7 @@ pub fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
 }
 
 fn valid_traceparent(b: &[u8]) -> bool {
-    let hex = |s: &[u8]| {
-        s.iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-    };
+    let hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
     b.len() == 55
         && &b[..3] == b"00-"
         && b[35] == b'-'
@@ -199,10 +196,7 @@ mod tests {
     #[test]
     fn client_ip_is_rightmost_untrusted() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "x-forwarded-for",
-            "1.1.1.1, 2.2.2.2, 10.0.0.5".parse().unwrap(),
-        );
+        h.insert("x-forwarded-for", "1.1.1.1, 2.2.2.2, 10.0.0.5".parse().unwrap());
         assert_eq!(
             client_ip("10.0.0.1".parse().unwrap(), &h, &trusted()),
             "2.2.2.2".parse::<IpAddr>().unwrap()
@@ -253,8 +247,7 @@ mod tests {
 
     #[test]
     fn traceparent_propagates_or_starts() {
-        let incoming =
-            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let incoming = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let next = next_traceparent(Some(&incoming));
         let s = next.to_str().unwrap();
         assert!(s.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::forwarded;
-use crate::body::{BodyTooLarge, RequestBody, ResponseBody, caused_by};
+use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, ResponseBody, caused_by};
 use crate::config::Protocol;
 use crate::error::GatewayError;
 use crate::plugins::{Flow, RequestCtx};
@@ -36,11 +36,7 @@ pub struct ConnInfo {
 
 static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 portcullis");
 
-pub async fn handle(
-    rt: &Runtime,
-    conn: &ConnInfo,
-    req: Request<Incoming>,
-) -> Response<ResponseBody> {
+pub async fn handle(rt: &Runtime, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     let settings = &rt.settings;
     let request_id = match req.headers().get(&settings.request_id_header) {
         Some(v) if settings.trust_request_id && forwarded::valid_request_id(v) => v.clone(),
@@ -142,9 +138,7 @@ async fn process(
                 forwarded::next_traceparent(incoming_trace.as_ref()),
             );
             if settings.via {
-                parts
-                    .headers
-                    .append(forwarded::VIA.clone(), VIA_VALUE.clone());
+                parts.headers.append(forwarded::VIA.clone(), VIA_VALUE.clone());
             }
             let call = forward(
                 rt,
@@ -221,11 +215,9 @@ async fn forward(
                 Some(q) => format!("{upstream_path}?{q}"),
                 None => upstream_path.into_owned(),
             };
-            PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).map_err(|_| {
-                GatewayError::BadRequest {
-                    detail: "the rewritten path is invalid",
-                    close: false,
-                }
+            PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).map_err(|_| GatewayError::BadRequest {
+                detail: "the rewritten path is invalid",
+                close: false,
             })?
         }
     };
@@ -264,6 +256,11 @@ async fn forward(
                 GatewayError::PayloadTooLarge {
                     limit: route.max_body,
                 }
+            } else if caused_by::<ClientBodyError>(&e) {
+                GatewayError::BadRequest {
+                    detail: "the request body is malformed or was cut off",
+                    close: true,
+                }
             } else if e.is_connect() {
                 if io_timed_out(&e) {
                     GatewayError::GatewayTimeout
@@ -299,8 +296,12 @@ fn io_timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
 /// Refuses the request-smuggling shapes hyper lets through (SPEC section 8).
 fn check_framing(parts: &request::Parts) -> Result<(), GatewayError> {
     if parts.version <= Version::HTTP_11 {
-        if parts.headers.contains_key(TRANSFER_ENCODING)
-            && parts.headers.contains_key(CONTENT_LENGTH)
+        let conflict = parts
+            .extensions
+            .get::<super::server::ConflictingFraming>()
+            .is_some();
+        if conflict
+            || (parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH))
         {
             return Err(GatewayError::BadRequest {
                 detail: "a request must not carry both Content-Length and Transfer-Encoding",
@@ -323,9 +324,7 @@ fn check_framing(parts: &request::Parts) -> Result<(), GatewayError> {
 
 /// Bytes of the request line and headers, as the client sent them (near enough).
 fn header_bytes(parts: &request::Parts) -> u64 {
-    let line = parts.method.as_str().len()
-        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + 12;
+    let line = parts.method.as_str().len() + parts.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
     let headers: usize = parts
         .headers
         .iter()
@@ -337,10 +336,7 @@ fn header_bytes(parts: &request::Parts) -> u64 {
 /// The host the client asked for: the URI's authority (HTTP/2, absolute
 /// form) or the `Host` header. HTTP/1.1 requires one, and only one.
 fn request_host(parts: &request::Parts) -> Result<Option<&str>, GatewayError> {
-    let bad = |detail| GatewayError::BadRequest {
-        detail,
-        close: true,
-    };
+    let bad = |detail| GatewayError::BadRequest { detail, close: true };
     let mut hosts = parts.headers.get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {
@@ -356,9 +352,8 @@ fn request_host(parts: &request::Parts) -> Result<Option<&str>, GatewayError> {
     };
     if let Some(h) = host {
         let valid = !h.is_empty()
-            && h.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
-            });
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
         if !valid {
             return Err(bad("invalid Host header"));
         }

@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -150,12 +150,7 @@ async fn accept_loop(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            stream,
-            peer,
-            ctx.clone(),
-            graceful.watcher(),
-        ));
+        tokio::spawn(serve_connection(stream, peer, ctx.clone(), graceful.watcher()));
     }
 }
 
@@ -184,11 +179,15 @@ async fn serve_connection(
     let io = TokioIo::new(WatchedStream {
         inner: stream,
         tracker: tracker.clone(),
+        head: HeadScanner::default(),
     });
     let info = Arc::new(ConnInfo { peer, tls: false });
     let runtime = ctx.runtime.clone();
     let svc_tracker = tracker.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if svc_tracker.conflicting_framing.swap(false, Ordering::Relaxed) {
+            req.extensions_mut().insert(ConflictingFraming);
+        }
         let guard = RequestGuard::start(svc_tracker.clone());
         let runtime = runtime.clone();
         let info = info.clone();
@@ -223,6 +222,10 @@ struct Tracker {
     /// When the first byte of a request head arrived while idle; 0 = none.
     head_started: AtomicU64,
     in_flight: AtomicU32,
+    /// A complete request head was read and its request has not started yet.
+    head_pending: AtomicBool,
+    /// That head carried both Content-Length and Transfer-Encoding.
+    conflicting_framing: AtomicBool,
 }
 
 impl Tracker {
@@ -233,6 +236,8 @@ impl Tracker {
             last_activity: AtomicU64::new(1),
             head_started: AtomicU64::new(1),
             in_flight: AtomicU32::new(0),
+            head_pending: AtomicBool::new(false),
+            conflicting_framing: AtomicBool::new(false),
         }
     }
 
@@ -243,9 +248,7 @@ impl Tracker {
     fn on_read(&self) {
         let now = self.now();
         self.last_activity.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && self.head_started.load(Ordering::Relaxed) == 0
-        {
+        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
             self.head_started.store(now, Ordering::Relaxed);
         }
     }
@@ -286,6 +289,7 @@ impl RequestGuard {
     fn start(t: Arc<Tracker>) -> Self {
         t.in_flight.fetch_add(1, Ordering::Relaxed);
         t.head_started.store(0, Ordering::Relaxed);
+        t.head_pending.store(false, Ordering::Relaxed);
         RequestGuard(t)
     }
 }
@@ -325,10 +329,72 @@ impl Body for TrackedBody {
     }
 }
 
+/// Marks a request whose head carried both `Content-Length` and
+/// `Transfer-Encoding`. hyper drops the Content-Length and frames by
+/// Transfer-Encoding, so the handler cannot see the conflict itself; SPEC
+/// section 8 wants such requests refused (400, connection closed).
+#[derive(Clone, Copy, Debug)]
+pub struct ConflictingFraming;
+
+/// Collects the bytes of an HTTP/1 request head, looking only for the
+/// framing headers. Bodies are never scanned: it only runs between requests.
+#[derive(Default)]
+struct HeadScanner {
+    buf: Vec<u8>,
+    /// Off for HTTP/2 connections and after a head too large to matter
+    /// (hyper refuses those itself).
+    disabled: bool,
+}
+
+/// Larger heads are refused by hyper (`max_buf_size`) anyway.
+const MAX_SCANNED_HEAD: usize = 1 << 20;
+
+impl HeadScanner {
+    fn feed(&mut self, data: &[u8], tracker: &Tracker) {
+        if self.disabled
+            || tracker.in_flight.load(Ordering::Relaxed) != 0
+            || tracker.head_pending.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        if self.buf.is_empty() && data.starts_with(b"PRI * HTTP/2.0") {
+            self.disabled = true;
+            return;
+        }
+        let start = self.buf.len().saturating_sub(3);
+        self.buf.extend_from_slice(data);
+        let Some(end) = self.buf[start..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + start)
+        else {
+            if self.buf.len() > MAX_SCANNED_HEAD {
+                self.disabled = true;
+                self.buf = Vec::new();
+            }
+            return;
+        };
+        let head = &self.buf[..end];
+        let has = |name: &[u8]| {
+            head.split(|b| *b == b'\n').skip(1).any(|line| {
+                line.len() > name.len()
+                    && line[..name.len()].eq_ignore_ascii_case(name)
+                    && line[name.len()] == b':'
+            })
+        };
+        if has(b"content-length") && has(b"transfer-encoding") {
+            tracker.conflicting_framing.store(true, Ordering::Relaxed);
+        }
+        tracker.head_pending.store(true, Ordering::Relaxed);
+        self.buf.clear();
+    }
+}
+
 /// A TCP stream that reports reads to its connection's [`Tracker`].
 struct WatchedStream {
     inner: TcpStream,
     tracker: Arc<Tracker>,
+    head: HeadScanner,
 }
 
 impl AsyncRead for WatchedStream {
@@ -340,18 +406,16 @@ impl AsyncRead for WatchedStream {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.tracker.on_read();
+            let this = &mut *self;
+            this.tracker.on_read();
+            this.head.feed(&buf.filled()[before..], &this.tracker);
         }
         r
     }
 }
 
 impl AsyncWrite for WatchedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -379,22 +443,23 @@ impl AsyncWrite for WatchedStream {
 fn connection_builder(runtime: &RuntimeHandle) -> auto::Builder<TokioExecutor> {
     let rt = runtime.load();
     let limits = &rt.settings.limits;
+    // Requests a little over the header limit still parse, so the handler
+    // answers them with a problem+json 431; far beyond it (this backstop)
+    // the protocol layer refuses them by itself. Bounded by the 1 MiB
+    // maximum of `max_request_header_bytes`.
+    let backstop = (limits.max_request_header_bytes.0 as usize * 2 + 16 * 1024).max(8192);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .keep_alive(true)
         // The watchdog times header reads (see the module docs).
         .header_read_timeout(None)
-        // Requests a little over the limit still parse so they get a
-        // problem+json 431; far beyond it hyper answers 431 by itself.
-        .max_buf_size((limits.max_request_header_bytes.0 as usize + 16 * 1024).max(8192));
+        .max_buf_size(backstop);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .max_header_list_size(
-            limits.max_request_header_bytes.0.min(u64::from(u32::MAX)) as u32 + 1024,
-        )
+        .max_header_list_size(backstop as u32)
         // CVE-2023-44487 (rapid reset): at most this many streams reset
         // before being accepted; past it the connection gets GOAWAY.
         .max_pending_accept_reset_streams(20)

@@ -25,9 +25,7 @@ impl HashOn {
             Some(("header", name)) => HeaderName::from_bytes(name.trim().as_bytes())
                 .map(HashOn::Header)
                 .map_err(|_| format!("`{name}` is not a valid header name")),
-            Some(("cookie", name)) if !name.trim().is_empty() => {
-                Ok(HashOn::Cookie(name.trim().to_string()))
-            }
+            Some(("cookie", name)) if !name.trim().is_empty() => Ok(HashOn::Cookie(name.trim().to_string())),
             _ => Err(format!(
                 "`{s}`: expected ip, consumer, header:NAME or cookie:NAME"
             )),
@@ -90,12 +88,7 @@ impl Balancer {
     }
 
     /// Index of the chosen target; `in_flight(i)` is its current load.
-    pub fn pick(
-        &self,
-        n: usize,
-        ctx: &PickContext<'_>,
-        in_flight: impl Fn(usize) -> usize,
-    ) -> usize {
+    pub fn pick(&self, n: usize, ctx: &PickContext<'_>, in_flight: impl Fn(usize) -> usize) -> usize {
         if n == 1 {
             return 0;
         }
@@ -133,10 +126,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 fn weighted_schedule(weights: &[u32]) -> Vec<u32> {
-    let g = weights
-        .iter()
-        .fold(0u64, |g, &w| gcd(g, u64::from(w)))
-        .max(1);
+    let g = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w))).max(1);
     let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x) / g).collect();
     let total: u64 = w.iter().sum();
     if total > MAX_SCHEDULE {
@@ -284,10 +274,7 @@ mod tests {
         h.insert("cookie", "a=1; session=xyz; b=2".parse().unwrap());
         assert_eq!(cookie(&h, "session"), Some(&b"xyz"[..]));
         assert_eq!(cookie(&h, "sess"), None);
-        assert_eq!(
-            HashOn::parse("cookie:sid").unwrap(),
-            HashOn::Cookie("sid".into())
-        );
+        assert_eq!(HashOn::parse("cookie:sid").unwrap(), HashOn::Cookie("sid".into()));
         assert!(HashOn::parse("body").is_err());
     }
 }

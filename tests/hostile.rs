@@ -1,0 +1,188 @@
+//! Hostile input (SPEC section 8): every malformed request gets a 4xx or a
+//! closed connection, and nothing of it reaches the upstream.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+async fn setup() -> (Gateway, Upstream) {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&config(
+        &upstream("a", &up),
+        "  - name: r\n    match: {paths: [\"/\"]}\n    upstream: a\n",
+        "",
+    ));
+    (gw, up)
+}
+
+/// Sends `request`, expects `status` (and problem+json when `problem`) or a
+/// closed connection when `status` is 0; the upstream must see nothing.
+async fn refused(gw: &Gateway, up: &Upstream, request: &[u8], status: u16) {
+    let before = up.count();
+    let (resp, closed) = raw(gw.addr(), request, Duration::from_secs(3)).await;
+    if status == 0 {
+        assert!(resp.is_empty() || resp.starts_with("HTTP/1.1 4"), "{resp}");
+    } else {
+        assert!(
+            resp.starts_with(&format!("HTTP/1.1 {status}")),
+            "wanted {status} for {:?}, got {resp:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert!(
+        closed,
+        "connection left open after refusing {:?}",
+        String::from_utf8_lossy(request)
+    );
+    assert_eq!(
+        up.count(),
+        before,
+        "the upstream saw a refused request: {:?}",
+        String::from_utf8_lossy(request)
+    );
+}
+
+#[tokio::test]
+async fn request_smuggling_shapes_are_refused() {
+    let (gw, up) = setup().await;
+    // CL + TE: hyper alone would take TE; we refuse and close.
+    let (resp, closed) = raw(
+        gw.addr(),
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(
+        resp.contains("application/problem+json") && resp.contains("urn:portcullis:error:bad-request"),
+        "{resp}"
+    );
+    assert!(
+        !resp.contains("smuggled") && resp.matches("HTTP/1.1").count() == 1,
+        "a second request was read: {resp}"
+    );
+    assert!(closed);
+    assert_eq!(up.count(), 0);
+
+    refused(
+        &gw,
+        &up,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+    )
+    .await;
+    refused(
+        &gw,
+        &up,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
+        400,
+    )
+    .await;
+    refused(
+        &gw,
+        &up,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0x5\r\n\r\nhello",
+        400,
+    )
+    .await;
+    refused(
+        &gw,
+        &up,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\nhello",
+        400,
+    )
+    .await;
+    refused(
+        &gw,
+        &up,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        400,
+    )
+    .await;
+    refused(&gw, &up, b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n", 400).await;
+    refused(
+        &gw,
+        &up,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_header_syntax_is_refused() {
+    let (gw, up) = setup().await;
+    // obs-fold
+    refused(
+        &gw,
+        &up,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n",
+        400,
+    )
+    .await;
+    // whitespace before the colon
+    refused(&gw, &up, b"GET /a HTTP/1.1\r\nHost: x\r\nX-A : 1\r\n\r\n", 400).await;
+    // NUL in a value
+    refused(
+        &gw,
+        &up,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+        400,
+    )
+    .await;
+    // bare CR in a value
+    refused(&gw, &up, b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", 400).await;
+    // empty header name
+    refused(&gw, &up, b"GET /a HTTP/1.1\r\nHost: x\r\n: value\r\n\r\n", 400).await;
+    // malformed request line
+    refused(&gw, &up, b"GET /a HTTP/9.9 extra\r\nHost: x\r\n\r\n", 0).await;
+    refused(
+        &gw,
+        &up,
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+        0,
+    )
+    .await;
+    // HTTP/1.1 needs exactly one valid Host
+    refused(&gw, &up, b"GET /a HTTP/1.1\r\n\r\n", 400).await;
+    refused(&gw, &up, b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400).await;
+    refused(&gw, &up, b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n", 400).await;
+}
+
+#[tokio::test]
+async fn unsafe_paths_get_400_invalid_path() {
+    let (gw, up) = setup().await;
+    for path in [
+        "/a%2Fb",
+        "/a%2fb",
+        "/a%5Cb",
+        "/a%00b",
+        "/../etc/passwd",
+        "/a/%2e%2e/%2e%2e/b",
+        "/a%zz",
+    ] {
+        let r = get(&gw.url(path)).await;
+        let v = r.problem(400, "invalid-path");
+        assert!(v["detail"].as_str().unwrap().contains("path"), "{v}");
+    }
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn a_body_malformed_mid_stream_never_reaches_the_upstream_whole() {
+    let (gw, up) = setup().await;
+    // Valid chunk, then a broken chunk size: the upstream request is aborted.
+    let (resp, closed) = raw(
+        gw.addr(),
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ\r\nworld\r\n0\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(closed, "{resp}");
+    assert!(
+        up.requests.lock().unwrap().iter().all(|s| s.body_len != 10),
+        "the upstream saw the whole body"
+    );
+}

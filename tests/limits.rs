@@ -1,0 +1,241 @@
+//! `server.limits` and the route body limit, enforced on real connections.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::*;
+
+async fn setup(limits: &str) -> (Gateway, Upstream) {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&config(
+        &upstream("a", &up),
+        "  - name: r\n    match: {paths: [\"/\"]}\n    upstream: a\n  - name: small\n    match: {paths: [\"/small\"]}\n    upstream: a\n    max_request_body_bytes: 100\n",
+        &format!("  limits:\n{limits}"),
+    ));
+    (gw, up)
+}
+
+#[tokio::test]
+async fn body_limit_exact_passes_one_more_is_413() {
+    let (gw, up) = setup("    max_request_body_bytes: 1KiB\n").await;
+    let c = client_h1();
+    let ok = send(
+        &c,
+        req("POST", &gw.url("/x"))
+            .body(Full::new(Bytes::from(vec![b'a'; 1024])))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json()["body_len"], 1024);
+    let before = up.count();
+    send(
+        &c,
+        req("POST", &gw.url("/x"))
+            .body(Full::new(Bytes::from(vec![b'a'; 1025])))
+            .unwrap(),
+    )
+    .await
+    .problem(413, "payload-too-large");
+    assert_eq!(
+        up.count(),
+        before,
+        "a body over the limit (Content-Length) must not be forwarded"
+    );
+    // The route lowers it.
+    send(
+        &c,
+        req("POST", &gw.url("/small"))
+            .body(Full::new(Bytes::from(vec![b'a'; 100])))
+            .unwrap(),
+    )
+    .await;
+    send(
+        &c,
+        req("POST", &gw.url("/small"))
+            .body(Full::new(Bytes::from(vec![b'a'; 101])))
+            .unwrap(),
+    )
+    .await
+    .problem(413, "payload-too-large");
+    // Chunked (no Content-Length): cut off mid-stream, still 413.
+    let mut chunked = b"POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(b"32\r\n");
+        chunked.extend_from_slice(&[b'b'; 50]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (resp, _) = raw(gw.addr(), &chunked, Duration::from_secs(3)).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(
+        up.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.uri == "/small")
+            .all(|s| s.body_len <= 100)
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let (gw, up) = setup("    max_request_header_bytes: 4KiB\n").await;
+    let c = client_h1();
+    let ok = send(
+        &c,
+        req("GET", &gw.url("/x"))
+            .header("x-big", "a".repeat(3000))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    send(
+        &c,
+        req("GET", &gw.url("/x"))
+            .header("x-big", "a".repeat(5000))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .problem(431, "headers-too-large");
+    // Far past the limit, the connection layer refuses before parsing.
+    let big = format!(
+        "GET /x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let (resp, closed) = raw(gw.addr(), big.as_bytes(), Duration::from_secs(3)).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert!(closed);
+    // Over HTTP/2 as well.
+    send(
+        &client_h2(),
+        req("GET", &gw.url("/x"))
+            .header("x-big", "a".repeat(5000))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .problem(431, "headers-too-large");
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_but_idle_keepalive_is_kept() {
+    let (gw, _up) = setup("    header_read_timeout: 500ms\n    idle_timeout: 2s\n").await;
+    // Slowloris: a request head that never finishes.
+    let start = std::time::Instant::now();
+    let (resp, closed) = raw(
+        gw.addr(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(closed, "{resp}");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+
+    // A keep-alive connection idle longer than header_read_timeout (but less
+    // than idle_timeout) still serves its next request.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "idle keep-alive was cut early"
+    );
+    // ... and is closed once idle_timeout passes.
+    let start = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "expected close");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn request_timeout_is_504() {
+    let (gw, _up) = setup("    request_timeout: 300ms\n").await;
+    let start = std::time::Instant::now();
+    get(&gw.url("/delay/3000")).await.problem(504, "gateway-timeout");
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn max_connections_closes_the_excess() {
+    let (gw, _up) = setup("    max_connections: 2\n").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let b = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the third connection should be closed");
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        get(&gw.url("/x")).await.status,
+        200,
+        "capacity comes back when connections close"
+    );
+}
+
+#[tokio::test]
+async fn http2_concurrent_streams_are_capped() {
+    let (gw, up) = setup("    http2_max_concurrent_streams: 4\n").await;
+    let c = client_h2();
+    // One request first, so the client has the server's SETTINGS before it opens many streams.
+    assert_eq!(
+        send(&c, req("GET", &gw.url("/warm")).body(Full::default()).unwrap())
+            .await
+            .status,
+        200
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let c = c.clone();
+        let url = gw.url("/delay/150");
+        tasks.push(tokio::spawn(async move {
+            send(&c, req("GET", &url).body(Full::default()).unwrap())
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let max = up.max_concurrent.load(Ordering::SeqCst);
+    assert!(
+        max <= 4,
+        "the upstream saw {max} concurrent requests from one h2 connection"
+    );
+    assert!(max >= 2);
+}

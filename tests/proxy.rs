@@ -1,0 +1,310 @@
+//! Plain proxying through the real binary: HTTP/1.1 and h2c, headers,
+//! streaming, path handling, upstream failures.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::*;
+
+async fn one_route(extra: &str, route_extra: &str) -> (Gateway, Upstream) {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&config(
+        &upstream("a", &up),
+        &format!("  - name: r\n    match: {{paths: [\"/\"]}}\n    upstream: a\n{route_extra}"),
+        extra,
+    ));
+    (gw, up)
+}
+
+#[tokio::test]
+async fn proxies_http1_and_h2c_on_one_port() {
+    let (gw, up) = one_route("", "").await;
+    let r = get(&gw.url("/hello?x=1")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["uri"], "/hello?x=1");
+    assert_eq!(r.json()["method"], "GET");
+    let r2 = send(
+        &client_h2(),
+        req("POST", &gw.url("/h2"))
+            .body(Full::new(Bytes::from("abc")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r2.status, 200);
+    assert_eq!(r2.json()["uri"], "/h2");
+    assert_eq!(r2.json()["body_len"], 3);
+    // The upstream is HTTP/1.1 whatever the client spoke.
+    assert_eq!(up.last().version, "HTTP/1.1");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn forwarding_headers_request_id_and_traceparent() {
+    let (gw, up) = one_route("", "").await;
+    let r = send(
+        &client_h1(),
+        req("GET", &gw.url("/x"))
+            .header("host", "api.example.com")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-request-id", "client-chosen")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    // An untrusted client cannot plant its own chain.
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "api.example.com");
+    assert_eq!(seen.headers["host"], "api.example.com");
+    // Request id: generated (not trusted by default), sent upstream and echoed.
+    let id = r.header("x-request-id");
+    assert_ne!(id, "client-chosen");
+    assert_eq!(id.len(), 32);
+    assert_eq!(seen.headers["x-request-id"], id);
+    // traceparent: same trace, new parent span.
+    let tp = seen.headers["traceparent"].to_str().unwrap();
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+    assert!(!tp.contains("00f067aa0ba902b7"));
+    // Without one, a new trace starts.
+    get(&gw.url("/y")).await;
+    let tp2 = up.last().headers["traceparent"].to_str().unwrap().to_string();
+    assert_eq!(tp2.len(), 55);
+    assert!(!tp2.starts_with("00-4bf92f"));
+}
+
+#[tokio::test]
+async fn trusted_proxies_append_and_trusted_request_ids() {
+    let (gw, up) = one_route("  trusted_proxies: [127.0.0.0/8]\n  request_id: { header: X-Request-Id, trust_incoming: true }\n  via: true\n", "").await;
+    let r = send(
+        &client_h1(),
+        req("GET", &gw.url("/x"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-request-id", "abc-123")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.header("x-request-id"), "abc-123");
+    assert_eq!(r.header("via"), "1.1 portcullis");
+    let seen = up.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen.headers["x-request-id"], "abc-123");
+    assert_eq!(seen.headers["via"], "1.1 portcullis");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_removed_both_ways() {
+    let (gw, up) = one_route("", "").await;
+    let r = send(
+        &client_h1(),
+        req("GET", &gw.url("/x"))
+            .header("connection", "x-secret, x-forwarded-for, x-request-id")
+            .header("x-secret", "1")
+            .header("te", "trailers")
+            .header("upgrade", "websocket")
+            .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    for h in ["x-secret", "te", "upgrade", "proxy-authorization"] {
+        assert!(!seen.headers.contains_key(h), "{h} was forwarded");
+    }
+    // Connection cannot remove what the gateway sets.
+    assert!(seen.headers.contains_key("x-forwarded-for"));
+    assert!(seen.headers.contains_key("x-request-id"));
+    // The upstream's keep-alive header does not reach the client.
+    assert!(!r.headers.contains_key("keep-alive"));
+    assert_eq!(r.header("x-upstream"), "a");
+}
+
+#[tokio::test]
+async fn streams_large_bodies_both_ways() {
+    let (gw, up) = one_route("", "").await;
+    let r = get(&gw.url("/bytes/3000000")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 3_000_000);
+    let big = Bytes::from(vec![b'y'; 5_000_000]);
+    let r = send(
+        &client_h2(),
+        req("PUT", &gw.url("/upload")).body(Full::new(big)).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 5_000_000);
+    assert_eq!(up.last().method, "PUT");
+}
+
+#[tokio::test]
+async fn response_headers_arrive_before_a_slow_body() {
+    // Streaming, not buffering: the client gets the headers while the body is pending.
+    let (gw, _up) = one_route("", "").await;
+    let client = client_h1();
+    let start = std::time::Instant::now();
+    let resp = client
+        .request(
+            req("GET", &gw.url("/slow-body/700"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(600),
+        "headers were held back: {:?}",
+        start.elapsed()
+    );
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "late body");
+}
+
+#[tokio::test]
+async fn upstream_keep_alive_pool_reuses_connections() {
+    let (gw, up) = one_route("", "").await;
+    let client = client_h1();
+    for _ in 0..30 {
+        let r = send(&client, req("GET", &gw.url("/k")).body(Full::default()).unwrap()).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.count(), 30);
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn http2_upstreams() {
+    let up = Upstream::start("h2").await;
+    let gw = Gateway::start(&config(
+        &format!(
+            "  - name: a\n    protocol: http2\n    targets: [{{url: \"{}\"}}]\n",
+            up.url()
+        ),
+        "  - name: r\n    match: {paths: [\"/\"]}\n    upstream: a\n",
+        "",
+    ));
+    for _ in 0..5 {
+        let r = get(&gw.url("/two")).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.last().version, "HTTP/2.0");
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one multiplexed connection"
+    );
+}
+
+#[tokio::test]
+async fn strip_prefix_rewrite_and_query() {
+    let up = Upstream::start("a").await;
+    let routes = "  - name: strip\n    match: {paths: [\"/api/v1\"]}\n    upstream: a\n    strip_prefix: /api/v1\n\
+                  \x20 - name: rw\n    match: {paths: [\"/users/{id}/files/{rest*}\"]}\n    upstream: a\n    rewrite: /v2/u/{id}/f/{rest}\n\
+                  \x20 - name: rwq\n    match: {paths: [\"/search/{term}\"]}\n    upstream: a\n    rewrite: /find?q={term}\n";
+    let gw = Gateway::start(&config(&upstream("a", &up), routes, ""));
+    assert_eq!(
+        get(&gw.url("/api/v1/users/7?a=1")).await.json()["uri"],
+        "/users/7?a=1"
+    );
+    assert_eq!(get(&gw.url("/api/v1")).await.json()["uri"], "/");
+    assert_eq!(
+        get(&gw.url("/users/42/files/a/b.txt?dl=1")).await.json()["uri"],
+        "/v2/u/42/f/a/b.txt?dl=1"
+    );
+    // A rewrite with its own query replaces the client's.
+    assert_eq!(
+        get(&gw.url("/search/cats?page=2")).await.json()["uri"],
+        "/find?q=cats"
+    );
+    // The normalized path is what is forwarded.
+    assert_eq!(
+        get(&gw.url("/api/v1//users/./7/../8")).await.json()["uri"],
+        "/users/8"
+    );
+}
+
+#[tokio::test]
+async fn absolute_form_is_routed_by_path_and_never_contacts_the_named_host() {
+    let (gw, up) = one_route("", "").await;
+    let (resp, _) = raw(
+        gw.addr(),
+        b"GET http://169.254.169.254/latest/meta-data HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(up.last().uri, "/latest/meta-data");
+}
+
+#[tokio::test]
+async fn respond_routes_answer_without_an_upstream() {
+    let gw = Gateway::start(&config(
+        "  []",
+        "  - name: ping\n    match: {paths: [\"= /ping\"]}\n    respond: {status: 201, headers: {content-type: text/plain, x-a: b}, body: pong}\n",
+        "",
+    ));
+    let r = get(&gw.url("/ping")).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.body, "pong");
+    assert_eq!(r.header("x-a"), "b");
+    assert_eq!(r.header("x-request-id").len(), 32);
+    get(&gw.url("/ping/x")).await.problem(404, "route-not-found");
+}
+
+#[tokio::test]
+async fn upstream_refusing_answering_garbage_or_hanging() {
+    // A port with nothing listening.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // A server that answers garbage.
+    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let garbage_addr = garbage.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = garbage.accept().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"SSH-2.0-OpenSSH_9.0\r\nnot http at all\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let slow = Upstream::start("slow").await;
+    let ups = format!(
+        "  - name: dead\n    targets: [{{url: \"http://{dead}\"}}]\n  - name: garbage\n    targets: [{{url: \"http://{garbage_addr}\"}}]\n  - name: slow\n    timeouts: {{read: 300ms}}\n    targets: [{{url: \"{}\"}}]\n",
+        slow.url()
+    );
+    let routes = "  - name: d\n    match: {paths: [\"/dead\"]}\n    upstream: dead\n  - name: g\n    match: {paths: [\"/garbage\"]}\n    upstream: garbage\n  - name: s\n    match: {paths: [\"/delay\"]}\n    upstream: slow\n  - name: t\n    match: {paths: [\"/route-timeout\"]}\n    upstream: slow\n    timeout: 200ms\n    rewrite: /delay/2000\n";
+    let gw = Gateway::start(&config(&ups, routes, ""));
+    get(&gw.url("/dead")).await.problem(502, "bad-gateway");
+    get(&gw.url("/garbage")).await.problem(502, "bad-gateway");
+    let start = std::time::Instant::now();
+    get(&gw.url("/delay/2000")).await.problem(504, "gateway-timeout");
+    assert!(start.elapsed() < Duration::from_millis(1500));
+    get(&gw.url("/delay/10")).await;
+    let start = std::time::Instant::now();
+    get(&gw.url("/route-timeout"))
+        .await
+        .problem(504, "gateway-timeout");
+    assert!(start.elapsed() < Duration::from_millis(1500));
+}

@@ -1,0 +1,416 @@
+//! Test harness: the real `portcullis` binary on 127.0.0.1:0, real upstream
+//! servers (hyper, HTTP/1.1 + h2c), real clients (HTTP/1.1, h2c, raw TCP).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A running gateway process. Killed on drop.
+pub struct Gateway {
+    child: Option<Child>,
+    pub addrs: Vec<SocketAddr>,
+    pub config_path: std::path::PathBuf,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn write_config(yaml: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "portcullis-test-{}-{}.yaml",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+impl Gateway {
+    /// Starts the gateway; listeners in `yaml` should use `127.0.0.1:0`.
+    pub fn start(yaml: &str) -> Gateway {
+        let config_path = write_config(yaml);
+        let mut child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .args(["--log-format", "json", "--log-level", "debug", "--workers", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start portcullis");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let logs2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("\"listening\"") || line.contains("config loaded") {
+                    let _ = tx.send(line.clone());
+                }
+                logs2.lock().unwrap().push(line);
+            }
+        });
+        let mut addrs = Vec::new();
+        loop {
+            let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+                panic!("gateway did not start; logs: {:?}", logs.lock().unwrap());
+            });
+            if line.contains("config loaded") {
+                break;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            addrs.push(v["address"].as_str().unwrap().parse().unwrap());
+        }
+        Gateway {
+            child: Some(child),
+            addrs,
+            config_path,
+            logs,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+/// A real HTTP upstream on 127.0.0.1:0 (HTTP/1.1 and h2c). Paths:
+/// `/delay/MS`, `/status/CODE`, `/bytes/N` (streamed in 1 KiB chunks),
+/// `/slow-body/MS` (headers now, body after MS), anything else echoes the
+/// request as JSON. Every answer carries `x-upstream: NAME`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub requests: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<AtomicUsize>,
+    pub concurrent: Arc<AtomicUsize>,
+    pub max_concurrent: Arc<AtomicUsize>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let concurrent = Arc::new(AtomicUsize::new(0));
+        let max_concurrent = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let state = (
+            name.to_string(),
+            requests.clone(),
+            concurrent.clone(),
+            max_concurrent.clone(),
+        );
+        let conns = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stop_rx.changed() => return,
+                    r = listener.accept() => r.unwrap(),
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(upstream_answer(req, state).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            name: name.to_string(),
+            requests,
+            connections,
+            concurrent,
+            max_concurrent,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn upstream_answer(
+    req: Request<Incoming>,
+    (name, requests, concurrent, max_concurrent): (
+        String,
+        Arc<Mutex<Vec<Seen>>>,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+    ),
+) -> Response<UpBody> {
+    let now = concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+    max_concurrent.fetch_max(now, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        // An aborted body is not a request this upstream "saw".
+        concurrent.fetch_sub(1, Ordering::SeqCst);
+        let mut r = Response::new(Full::new(Bytes::from("incomplete body")).boxed());
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let seen = Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: format!("{:?}", parts.version),
+        headers: parts.headers.clone(),
+        body_len: body.len(),
+    };
+    requests.lock().unwrap().push(seen.clone());
+    let path = parts.uri.path().to_string();
+    let mut parts_iter = path.trim_start_matches('/').splitn(2, '/');
+    let (kind, arg) = (parts_iter.next().unwrap_or(""), parts_iter.next().unwrap_or(""));
+    let mut resp = match kind {
+        "delay" => {
+            tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(0))).await;
+            Response::new(Full::new(Bytes::from("delayed")).boxed())
+        }
+        "status" => {
+            let mut r = Response::new(Full::new(Bytes::from("status")).boxed());
+            *r.status_mut() = StatusCode::from_u16(arg.parse().unwrap_or(500)).unwrap();
+            r
+        }
+        "bytes" => {
+            let n: usize = arg.parse().unwrap_or(0);
+            let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..n.div_ceil(1024))
+                .map(|i| Ok(Frame::data(Bytes::from(vec![b'x'; (n - i * 1024).min(1024)]))))
+                .collect();
+            Response::new(StreamBody::new(futures_stream(chunks)).boxed())
+        }
+        "slow-body" => {
+            let ms: u64 = arg.parse().unwrap_or(0);
+            let stream = async_stream_once(ms);
+            Response::new(StreamBody::new(stream).boxed())
+        }
+        _ => {
+            let mut headers = BTreeMap::new();
+            for (k, v) in &parts.headers {
+                headers
+                    .entry(k.to_string())
+                    .or_insert_with(Vec::new)
+                    .push(v.to_str().unwrap_or("").to_string());
+            }
+            let json = serde_json::json!({
+                "upstream": name,
+                "method": seen.method,
+                "uri": seen.uri,
+                "headers": headers,
+                "body_len": body.len(),
+            });
+            let mut r = Response::new(Full::new(Bytes::from(json.to_string())).boxed());
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
+    };
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("connection", "keep-alive".parse().unwrap());
+    resp.headers_mut()
+        .insert("keep-alive", "timeout=30".parse().unwrap());
+    concurrent.fetch_sub(1, Ordering::SeqCst);
+    resp
+}
+
+fn futures_stream<T: Send + 'static>(items: Vec<T>) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::iter(items)
+}
+
+/// A body that arrives `ms` after the headers.
+fn async_stream_once(ms: u64) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+    futures_util::stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(Frame::data(Bytes::from("late body")))
+    })
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+    }
+
+    /// Checks an RFC 9457 problem answer and returns its body.
+    pub fn problem(&self, status: u16, slug: &str) -> serde_json::Value {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {:?}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.header("content-type"), "application/problem+json");
+        let v = self.json();
+        assert_eq!(v["type"], format!("urn:portcullis:error:{slug}"));
+        assert_eq!(v["status"], status);
+        assert!(v["title"].is_string() && v["detail"].is_string());
+        assert_eq!(v["request_id"], self.header("x-request-id"));
+        v
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client_h1() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn client_h2() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Resp {
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Resp {
+        status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Resp {
+    send(&client_h1(), Request::get(url).body(Full::default()).unwrap()).await
+}
+
+pub fn req(method: &str, url: &str) -> http::request::Builder {
+    Request::builder().method(method).uri(url)
+}
+
+/// Writes raw bytes on a new connection and reads until the server closes
+/// it (or `wait` passes). Returns what came back and whether it was closed.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => break true,
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// A config with one listener on 127.0.0.1:0, the given upstreams and routes.
+pub fn config(upstreams: &str, routes: &str, extra: &str) -> String {
+    format!(
+        "version: 1\nserver:\n  listeners:\n    - name: public\n      address: 127.0.0.1:0\n{extra}\nupstreams:\n{upstreams}\nroutes:\n{routes}\n"
+    )
+}
+
+/// An upstream entry with one target.
+pub fn upstream(name: &str, up: &Upstream) -> String {
+    format!("  - name: {name}\n    targets: [{{url: \"{}\"}}]\n", up.url())
+}
