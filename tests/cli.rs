@@ -1,0 +1,195 @@
+//! The command line: `validate` output and exit codes, start-up failures.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn validate(yaml: &str) -> (i32, String, String) {
+    let path = write_config(yaml);
+    let out = Command::new(bin())
+        .args(["validate", "-c"])
+        .arg(&path)
+        .env_remove("NOPE")
+        .envs([
+            ("PORTCULLIS_ADMIN_TOKEN", "t"),
+            ("JWT_SECRET", "s"),
+            ("MOBILE_KEY", "k"),
+            ("MOBILE_HMAC_SECRET", "h"),
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let p = path.display().to_string();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).replace(&p, "FILE"),
+        String::from_utf8_lossy(&out.stderr).replace(&p, "FILE"),
+    )
+}
+
+#[test]
+fn every_example_validates() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "json") {
+            let out = Command::new(bin())
+                .args(["validate", "-c"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
+
+#[test]
+fn validate_lists_every_error_with_file_line_and_path() {
+    let yaml = "version: 1\n\
+                upstreams:\n  - name: users\n    targets: [{url: \"http://127.0.0.1:9001\"}]\n    load_balancing: round_robbin\n\
+                routes:\n  - name: a\n    match: {paths: [\"/a\"]}\n    upstrem: users\n\
+                \x20 - name: b\n    match: {paths: [\"/b\"]}\n    upstream: users\n    timeout: 5\n";
+    let (code, _, err) = validate(yaml);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "FILE:5: upstreams[0].load_balancing: unknown value `round_robbin` (did you mean `round_robin`?)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("FILE:9: routes[0].upstrem: unknown key `upstrem` (did you mean `upstream`?)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("FILE:13: routes[1].timeout: invalid duration"),
+        "{err}"
+    );
+    assert!(err.trim_end().ends_with("3 errors"), "{err}");
+}
+
+#[test]
+fn semantic_errors_and_unbuilt_capabilities_are_named() {
+    let yaml = "version: 1\n\
+                upstreams:\n  - name: users\n    targets: [{url: \"http://127.0.0.1:9001\"}]\n\
+                routes:\n  - name: a\n    match: {paths: [\"/a\"], methods: [FETCH]}\n    upstream: user\n    plugins:\n      jwt: {issuer: x}\n\
+                \x20 - name: a\n    match: {paths: [\"~ ([\"]}\n    upstream: users\n\
+                plugins:\n  rate_limit: {rate: 10/s, burst: 5}\n";
+    let (code, _, err) = validate(yaml);
+    assert_eq!(code, 1);
+    for want in [
+        "routes[0].upstream: unknown upstream `user` (did you mean `users`?)",
+        "routes[0].match.methods[0]: `FETCH` is not a known HTTP method",
+        "FILE:10: routes[0].plugins.jwt: plugin `jwt` is not supported yet",
+        "routes[1].name: duplicate route name `a`",
+        "plugins.rate_limit: plugin `rate_limit` is not supported yet",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn env_substitution() {
+    let yaml = "version: 1\nserver:\n  listeners: [{name: p, address: \"127.0.0.1:${NOPE}\"}]\n";
+    let (code, _, err) = validate(yaml);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("FILE:3: server.listeners[0].address: environment variable `NOPE` is not set"),
+        "{err}"
+    );
+    let yaml = "version: 1\nserver:\n  listeners: [{name: p, address: \"127.0.0.1:${NOPE:-8099}\"}]\n";
+    let (code, out, err) = validate(yaml);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"));
+}
+
+#[test]
+fn the_whole_spec_schema_parses() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/spec-full.yaml"
+    ))
+    .unwrap();
+    let (code, _, err) = validate(&text);
+    assert_eq!(code, 1);
+    // Every line but the count is a capability refused by name, never a parse error.
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("FILE")).collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(l.contains("not supported yet"), "{l}");
+    }
+    for name in [
+        "waf",
+        "cors",
+        "jwt",
+        "api_key",
+        "phantom_token",
+        "hmac_auth",
+        "acl",
+        "rate_limit",
+        "cache",
+        "compression",
+    ] {
+        assert!(
+            err.contains(&format!("plugin `{name}` is not supported yet")),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
+fn run_with_a_bad_config_exits_1_and_serves_nothing() {
+    let path = write_config(
+        "version: 1\nserver:\n  listeners: [{name: p, address: \"127.0.0.1:18931\"}]\nroutes:\n  - name: r\n    upstream: missing\n",
+    );
+    let out = Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].upstream: unknown upstream `missing`"));
+    assert!(std::net::TcpStream::connect("127.0.0.1:18931").is_err());
+    let out = Command::new(bin())
+        .args(["run", "-c", "/nonexistent/portcullis.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read file"));
+}
+
+#[test]
+fn a_taken_port_is_a_one_line_start_failure() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let path = write_config(&format!(
+        "version: 1\nserver:\n  listeners: [{{name: public, address: \"{addr}\"}}]\n"
+    ));
+    let out = Command::new(bin())
+        .args(["run", "--log-format", "text", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("listener `public`: cannot bind {addr}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_prints() {
+    let out = Command::new(bin()).arg("version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("portcullis 0.1.0"));
+}
