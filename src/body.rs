@@ -6,6 +6,7 @@
 //! - [`ResponseBody`]: what the client receives: a gateway-made body, or the
 //!   upstream's body under the request deadline and the per-chunk read timeout.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -105,50 +106,55 @@ impl Body for RequestBody {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The body of a response to a client.
-    #[project = ResponseBodyProj]
-    pub enum ResponseBody {
-        Full { data: Option<Bytes> },
-        Upstream {
-            inner: Incoming,
-            #[pin]
-            timer: Sleep,
-            deadline: Instant,
-            read_timeout: Duration,
-            // Dropped with the body: releases the target's in-flight slot.
-            guard: Option<InFlight>,
-        },
-    }
+/// The body of a response to a client.
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+/// An upstream's response body on its way to the client.
+pub struct UpstreamBody {
+    inner: Incoming,
+    deadline: Instant,
+    read_timeout: Duration,
+    /// Armed only when the upstream makes us wait: most small bodies arrive
+    /// with their headers and never need a timer.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Released (connection back to the pool) at the end of the body;
+    /// dropped (connection closed) if the body is abandoned.
+    in_flight: Option<InFlight>,
 }
 
 impl ResponseBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
-        ResponseBody::Full {
-            data: Some(data.into()),
-        }
+        ResponseBody::Full(Some(data.into()))
     }
 
     pub fn empty() -> Self {
-        ResponseBody::Full { data: None }
+        ResponseBody::Full(None)
     }
 
     /// Streams an upstream body; each chunk must arrive within `read_timeout`
     /// and the whole body before `deadline`.
-    pub fn upstream(
-        inner: Incoming,
-        deadline: Instant,
-        read_timeout: Duration,
-        guard: Option<InFlight>,
-    ) -> Self {
-        let first = deadline.min(Instant::now() + read_timeout);
-        ResponseBody::Upstream {
+    pub fn upstream(inner: Incoming, deadline: Instant, read_timeout: Duration, in_flight: InFlight) -> Self {
+        if inner.is_end_stream() {
+            // hyper will not poll an empty body: the exchange is already complete.
+            in_flight.finish();
+            return ResponseBody::Upstream(UpstreamBody {
+                inner,
+                deadline,
+                read_timeout,
+                timer: None,
+                in_flight: None,
+            });
+        }
+        ResponseBody::Upstream(UpstreamBody {
             inner,
-            timer: tokio::time::sleep_until(first),
             deadline,
             read_timeout,
-            guard,
-        }
+            timer: None,
+            in_flight: Some(in_flight),
+        })
     }
 }
 
@@ -160,28 +166,37 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            ResponseBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ResponseBodyProj::Upstream {
-                inner,
-                mut timer,
-                deadline,
-                read_timeout,
-                guard,
-            } => match Pin::new(inner).poll_frame(cx) {
+        match self.get_mut() {
+            ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Upstream(up) => match Pin::new(&mut up.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let next = (*deadline).min(Instant::now() + *read_timeout);
-                    timer.as_mut().reset(next);
+                    if let Some(timer) = up.timer.as_mut() {
+                        timer
+                            .as_mut()
+                            .reset(up.deadline.min(Instant::now() + up.read_timeout));
+                    }
+                    if up.inner.is_end_stream() {
+                        up.in_flight.take().map(InFlight::finish);
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Err(e))) => {
+                    up.in_flight = None;
+                    Poll::Ready(Some(Err(e.into())))
+                }
                 Poll::Ready(None) => {
-                    guard.take();
+                    up.in_flight.take().map(InFlight::finish);
                     Poll::Ready(None)
                 }
                 Poll::Pending => {
-                    ready!(timer.poll(cx));
-                    guard.take();
+                    let (deadline, read_timeout) = (up.deadline, up.read_timeout);
+                    let timer = up.timer.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(
+                            deadline.min(Instant::now() + read_timeout),
+                        ))
+                    });
+                    ready!(timer.as_mut().poll(cx));
+                    up.in_flight = None;
                     Poll::Ready(Some(Err(Box::new(ReadTimeout))))
                 }
             },
@@ -190,15 +205,15 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Full { data } => data.is_none(),
-            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Full(data) => data.is_none(),
+            ResponseBody::Upstream(up) => up.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ResponseBody::Upstream(up) => up.inner.size_hint(),
         }
     }
 }

@@ -120,10 +120,10 @@ impl GatewayError {
             tracing::warn!(request_id = ?request_id, error = ?self, "upstream call failed");
         }
         let mut resp = problem(status, self.slug(), &self.detail(), request_id);
-        if let GatewayError::MethodNotAllowed { allow } = self {
-            if let Ok(v) = HeaderValue::from_str(&crate::router::allow_header(allow)) {
-                resp.headers_mut().insert(http::header::ALLOW, v);
-            }
+        if let GatewayError::MethodNotAllowed { allow } = self
+            && let Ok(v) = HeaderValue::from_str(&crate::router::allow_header(allow))
+        {
+            resp.headers_mut().insert(http::header::ALLOW, v);
         }
         if self.closes_connection() {
             resp.headers_mut()

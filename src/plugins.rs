@@ -53,7 +53,7 @@ pub struct RequestCtx {
 pub enum Flow {
     Continue,
     /// Answer now; later phases and the upstream call are skipped.
-    Respond(Response<ResponseBody>),
+    Respond(Box<Response<ResponseBody>>),
 }
 
 #[derive(Clone)]

@@ -473,10 +473,10 @@ impl RouteTable {
                 if let Some(child) = node.literal.get(seg) {
                     self.visit(child, next, req, method, best);
                 }
-                if !seg.is_empty() {
-                    if let Some(param) = &node.param {
-                        self.visit(param, next, req, method, best);
-                    }
+                if !seg.is_empty()
+                    && let Some(param) = &node.param
+                {
+                    self.visit(param, next, req, method, best);
                 }
             }
         }
@@ -487,10 +487,10 @@ impl RouteTable {
         if best.entry.is_some() && e.rank <= best.rank {
             return;
         }
-        if let Some(hosts) = &e.hosts {
-            if !req.host.is_some_and(|h| hosts.matches(h)) {
-                return;
-            }
+        if let Some(hosts) = &e.hosts
+            && !req.host.is_some_and(|h| hosts.matches(h))
+        {
+            return;
         }
         for (name, m) in &e.headers {
             let ok = req.headers.get_all(name).iter().any(|v| match m {

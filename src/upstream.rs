@@ -2,19 +2,17 @@
 //! keep-alive connection pool that reaches them (HTTP/1.1 or HTTP/2).
 
 pub mod balance;
+pub mod pool;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use balance::{Balancer, HashOn, PickContext};
+pub use pool::{CallError, Lease, Pool, PoolConfig};
 
-use crate::body::RequestBody;
 use crate::config::{Protocol, UpstreamConfig};
 
 /// Checks a target URL: `http://host:port` with no path. Returns its authority.
@@ -51,6 +49,7 @@ pub struct Target {
     pub authority: Authority,
     pub weight: u32,
     in_flight: AtomicUsize,
+    pub pool: Pool,
 }
 
 impl Target {
@@ -59,12 +58,29 @@ impl Target {
     }
 }
 
-/// Holds a target's in-flight slot until the response body is done.
-pub struct InFlight(Arc<Target>);
+/// Holds a target's in-flight slot, and then the connection of the
+/// exchange, until the response body is done.
+pub struct InFlight {
+    target: Arc<Target>,
+    lease: Option<Lease>,
+}
+
+impl InFlight {
+    pub fn hold(&mut self, lease: Lease) {
+        self.lease = Some(lease);
+    }
+
+    /// The response was read to the end: the connection can serve another request.
+    pub fn finish(mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.target.pool.release(lease);
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -72,7 +88,6 @@ pub struct Upstream {
     pub name: String,
     pub targets: Vec<Arc<Target>>,
     balancer: Balancer,
-    pub client: Client<HttpConnector, RequestBody>,
     pub protocol: Protocol,
     pub read_timeout: Duration,
 }
@@ -80,14 +95,26 @@ pub struct Upstream {
 impl Upstream {
     /// Builds from a validated config.
     pub fn build(cfg: &UpstreamConfig) -> Upstream {
+        let http2 = matches!(cfg.protocol, Protocol::Http2 | Protocol::Grpc);
         let targets: Vec<Arc<Target>> = cfg
             .targets
             .iter()
             .map(|t| {
+                let authority = parse_target_url(&t.url).expect("validated");
+                let pool = Pool::new(
+                    authority.clone(),
+                    PoolConfig {
+                        http2,
+                        connect_timeout: cfg.timeouts.connect.0,
+                        max_idle: cfg.keepalive.max_idle_per_target,
+                        idle_timeout: cfg.keepalive.idle_timeout.0,
+                    },
+                );
                 Arc::new(Target {
-                    authority: parse_target_url(&t.url).expect("validated"),
+                    authority,
                     weight: t.weight,
                     in_flight: AtomicUsize::new(0),
+                    pool,
                 })
             })
             .collect();
@@ -96,27 +123,10 @@ impl Upstream {
             .hash_on
             .as_deref()
             .map(|h| HashOn::parse(h).expect("validated"));
-
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.timeouts.connect.0));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.keepalive.idle_timeout.0)
-            .pool_max_idle_per_host(cfg.keepalive.max_idle_per_target)
-            // The gateway sets Host itself (the client's, preserved).
-            .set_host(false);
-        if matches!(cfg.protocol, Protocol::Http2 | Protocol::Grpc) {
-            builder.http2_only(true);
-        }
         Upstream {
             name: cfg.name.clone(),
             balancer: Balancer::new(cfg.load_balancing, &weights, hash_on),
             targets,
-            client: builder.build(connector),
             protocol: cfg.protocol,
             read_timeout: cfg.timeouts.read.0,
         }
@@ -129,7 +139,7 @@ impl Upstream {
             .pick(self.targets.len(), ctx, |i| self.targets[i].in_flight());
         let target = self.targets[i].clone();
         target.in_flight.fetch_add(1, Ordering::Relaxed);
-        (target.clone(), InFlight(target))
+        (target.clone(), InFlight { target, lease: None })
     }
 
     pub fn scheme(&self) -> Scheme {

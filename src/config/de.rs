@@ -506,6 +506,7 @@ mod tests {
 
     #[derive(Deserialize, Debug)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // only deserialized
     struct Inner {
         port: u16,
         #[serde(default)]
@@ -514,6 +515,7 @@ mod tests {
 
     #[derive(Deserialize, Debug)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // only deserialized
     struct Outer {
         items: Vec<Inner>,
     }

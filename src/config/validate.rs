@@ -81,10 +81,10 @@ impl Validator {
         let (mut names, mut addrs) = (HashSet::new(), HashSet::new());
         for (i, l) in s.listeners.iter().enumerate() {
             let p = format!("server.listeners[{i}]");
-            if let Some(name) = &l.name {
-                if !names.insert(name.as_str()) {
-                    self.err(format!("{p}.name"), format!("duplicate listener name `{name}`"));
-                }
+            if let Some(name) = &l.name
+                && !names.insert(name.as_str())
+            {
+                self.err(format!("{p}.name"), format!("duplicate listener name `{name}`"));
             }
             if !addrs.insert(l.address) {
                 self.err(
@@ -203,14 +203,14 @@ impl Validator {
                 "`upstream`, `respond` and `aggregate` exclude each other",
             ),
         }
-        if let Some(name) = &r.upstream {
-            if !upstreams.contains(&name.as_str()) {
-                let msg = match did_you_mean(name, upstreams.iter().copied()) {
-                    Some(s) => format!("unknown upstream `{name}` (did you mean `{s}`?)"),
-                    None => format!("unknown upstream `{name}`"),
-                };
-                self.err(format!("{p}.upstream"), msg);
-            }
+        if let Some(name) = &r.upstream
+            && !upstreams.contains(&name.as_str())
+        {
+            let msg = match did_you_mean(name, upstreams.iter().copied()) {
+                Some(s) => format!("unknown upstream `{name}` (did you mean `{s}`?)"),
+                None => format!("unknown upstream `{name}`"),
+            };
+            self.err(format!("{p}.upstream"), msg);
         }
         if r.aggregate.is_some() {
             self.err(format!("{p}.aggregate"), not_yet("aggregate routes are"));
@@ -241,10 +241,10 @@ impl Validator {
             }
         }
         for (field, value) in [("strip_prefix", &r.strip_prefix), ("rewrite", &r.rewrite)] {
-            if let Some(v) = value {
-                if !v.starts_with('/') {
-                    self.err(format!("{p}.{field}"), "must start with `/`");
-                }
+            if let Some(v) = value
+                && !v.starts_with('/')
+            {
+                self.err(format!("{p}.{field}"), "must start with `/`");
             }
         }
         if r.timeout.is_some_and(|t| t.0.is_zero()) {
@@ -306,10 +306,11 @@ impl Validator {
             response_transform,
             compression,
         } = plugins;
-        if let Some(ip) = ip_restriction {
-            if ip.allow.is_empty() && ip.deny.is_empty() {
-                self.err(format!("{p}.ip_restriction"), "needs `allow` or `deny`");
-            }
+        if let Some(ip) = ip_restriction
+            && ip.allow.is_empty()
+            && ip.deny.is_empty()
+        {
+            self.err(format!("{p}.ip_restriction"), "needs `allow` or `deny`");
         }
         if let Some(t) = request_transform {
             self.header_transform(&t.headers, &format!("{p}.request_transform.headers"));

@@ -20,20 +20,33 @@ pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub static VIA: HeaderName = HeaderName::from_static("via");
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == TE
+        || name == UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == http::header::PROXY_AUTHORIZATION
+        || name == http::header::PROXY_AUTHENTICATE
+        || name == http::header::TRAILER
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
 /// `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .flat_map(|v| v.to_str().unwrap_or("").split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        let _ = conn;
-        for name in named {
-            headers.remove(name);
-        }
+    // Most messages carry none: one pass over the names, without hashing.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     for name in [
         &CONNECTION,
@@ -94,7 +107,7 @@ pub fn set_forwarded(
     peer: IpAddr,
     peer_trusted: bool,
     proto: &'static str,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
 ) {
     let peer_text = crate::config::types::canonical_ip(peer).to_string();
     let xff = if peer_trusted {
@@ -111,14 +124,15 @@ pub fn set_forwarded(
     } else {
         peer_text
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // From a String, Bytes keeps the allocation: no copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !peer_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !peer_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        match host.cloned() {
             Some(h) => {
                 headers.insert(X_FORWARDED_HOST.clone(), h);
             }
@@ -222,7 +236,7 @@ mod tests {
             "8.8.8.8".parse().unwrap(),
             false,
             "http",
-            Some("api.example.com"),
+            Some(&HeaderValue::from_static("api.example.com")),
         );
         assert_eq!(h["x-forwarded-for"], "8.8.8.8");
         assert_eq!(h["x-forwarded-host"], "api.example.com");

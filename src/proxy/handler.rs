@@ -24,8 +24,9 @@ use crate::config::Protocol;
 use crate::error::GatewayError;
 use crate::plugins::{Flow, RequestCtx};
 use crate::router::path;
-use crate::router::{Lookup, Match, RouteRequest};
+use crate::router::{Lookup, RouteRequest};
 use crate::snapshot::{Action, Route, Runtime};
+use crate::upstream::CallError;
 use crate::upstream::{PickContext, Upstream};
 
 /// What the handler knows of the connection a request came on.
@@ -68,16 +69,16 @@ async fn process(
         return Err(GatewayError::HeadersTooLarge { limit });
     }
     let host = request_host(&parts)?;
-    let route_host = host.map(route_host);
     let raw_path = parts.uri.path();
-    let path = path::normalize(raw_path)
-        .map_err(GatewayError::InvalidPath)?
-        .into_owned_if_changed(raw_path);
-
+    // `None` when normalization changed nothing (the common case: no copy).
+    let normalized = match path::normalize(raw_path).map_err(GatewayError::InvalidPath)? {
+        Cow::Owned(p) if p != raw_path => Some(p),
+        _ => None,
+    };
     let lookup = rt.table.lookup(&RouteRequest {
-        host: route_host.as_deref(),
+        host: host.as_ref().map(|h| route_host(h.as_str())).as_deref(),
         method: &parts.method,
-        path: path.as_deref().unwrap_or(raw_path),
+        path: normalized.as_deref().unwrap_or(raw_path),
         headers: &parts.headers,
     });
     let m = match lookup {
@@ -93,9 +94,7 @@ async fn process(
     }
 
     // Request hygiene, before any plugin sees the headers.
-    let peer_trusted = forwarded::is_trusted(conn.peer.ip(), &settings.trusted_proxies);
     let client_ip = forwarded::client_ip(conn.peer.ip(), &parts.headers, &settings.trusted_proxies);
-    let host = host.map(str::to_owned);
     let incoming_trace = parts.headers.remove(&forwarded::TRACEPARENT);
     forwarded::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(&settings.request_id_header);
@@ -106,7 +105,7 @@ async fn process(
         consumer: None,
     };
     if let Flow::Respond(resp) = route.pipeline.on_request(&mut ctx, &mut parts).await? {
-        return Ok(resp);
+        return Ok(*resp);
     }
 
     let resp = match &route.action {
@@ -120,42 +119,39 @@ async fn process(
             *resp.headers_mut() = headers.clone();
             resp
         }
-        Action::Proxy { upstream, .. } => {
+        Action::Proxy {
+            upstream,
+            strip_prefix,
+            rewrite,
+        } => {
             let deadline = Instant::now() + route.timeout;
-            let path = path.as_deref().unwrap_or(parts.uri.path()).to_owned();
+            // The upstream path: normalized, then strip_prefix, then rewrite.
+            let path = normalized.as_deref().unwrap_or(parts.uri.path());
+            let pq = upstream_path_and_query(
+                &parts.uri,
+                path,
+                strip_prefix.as_deref(),
+                rewrite.as_ref(),
+                || rt.table.captures(&m, path),
+            )?;
+            let peer_trusted = forwarded::is_trusted(conn.peer.ip(), &settings.trusted_proxies);
+            let proto = if conn.tls { "https" } else { "http" };
             forwarded::set_forwarded(
                 &mut parts.headers,
                 conn.peer.ip(),
                 peer_trusted,
-                if conn.tls { "https" } else { "http" },
-                host.as_deref(),
+                proto,
+                host.as_ref(),
             );
             parts
                 .headers
                 .insert(settings.request_id_header.clone(), request_id.clone());
-            parts.headers.insert(
-                forwarded::TRACEPARENT.clone(),
-                forwarded::next_traceparent(incoming_trace.as_ref()),
-            );
+            let traceparent = forwarded::next_traceparent(incoming_trace.as_ref());
+            parts.headers.insert(forwarded::TRACEPARENT.clone(), traceparent);
             if settings.via {
                 parts.headers.append(forwarded::VIA.clone(), VIA_VALUE.clone());
             }
-            let call = forward(
-                rt,
-                route,
-                upstream,
-                &m,
-                &path,
-                &ctx,
-                parts,
-                body,
-                host.as_deref(),
-                deadline,
-            );
-            match tokio::time::timeout_at(deadline, call).await {
-                Ok(r) => r?,
-                Err(_) => return Err(GatewayError::GatewayTimeout),
-            }
+            forward(route, upstream, &ctx, parts, pq, body, host, deadline).await?
         }
     };
     let (mut resp_parts, resp_body) = resp.into_parts();
@@ -163,41 +159,22 @@ async fn process(
     Ok(Response::from_parts(resp_parts, resp_body))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    rt: &Runtime,
-    route: &Route,
-    upstream: &Upstream,
-    m: &Match,
-    path: &str,
-    ctx: &RequestCtx,
-    mut parts: request::Parts,
-    body: Incoming,
-    host: Option<&str>,
-    deadline: Instant,
-) -> Result<Response<ResponseBody>, GatewayError> {
-    let Action::Proxy {
-        strip_prefix,
-        rewrite,
-        ..
-    } = &route.action
-    else {
-        unreachable!("proxy action")
-    };
-    let (target, in_flight) = upstream.pick(&PickContext {
-        client_ip: ctx.client_ip,
-        headers: &parts.headers,
-        consumer: ctx.consumer.as_deref(),
-    });
-
-    // The upstream path: normalized, then strip_prefix, then rewrite.
-    let mut query = parts.uri.query().map(Cow::Borrowed);
+/// The path and query sent upstream. Reuses the client's (no copy) unless
+/// normalization, `strip_prefix` or `rewrite` changed it.
+fn upstream_path_and_query<'a>(
+    uri: &Uri,
+    path: &'a str,
+    strip_prefix: Option<&str>,
+    rewrite: Option<&crate::snapshot::Rewrite>,
+    captures: impl FnOnce() -> Vec<(&'a str, &'a str)>,
+) -> Result<PathAndQuery, GatewayError> {
+    let mut query = uri.query().map(Cow::Borrowed);
     let mut upstream_path: Cow<'_, str> = Cow::Borrowed(path);
     if let Some(prefix) = strip_prefix {
         upstream_path = crate::snapshot::strip_prefix(path, prefix);
     }
     if let Some(rw) = rewrite {
-        let rendered = rw.render(&rt.table.captures(m, path));
+        let rendered = rw.render(&captures());
         match rendered.split_once('?') {
             Some((p, q)) => {
                 query = Some(Cow::Owned(q.to_string()));
@@ -206,52 +183,76 @@ async fn forward(
             None => upstream_path = Cow::Owned(rendered),
         }
     }
-    let pq = match (&upstream_path, parts.uri.path_and_query()) {
-        (Cow::Borrowed(p), Some(orig)) if *p == orig.path() && query.as_deref() == orig.query() => {
-            orig.clone()
+    if let Some(orig) = uri.path_and_query() {
+        if upstream_path == orig.path() && query.as_deref() == orig.query() {
+            return Ok(orig.clone());
         }
-        _ => {
-            let s = match &query {
-                Some(q) => format!("{upstream_path}?{q}"),
-                None => upstream_path.into_owned(),
-            };
-            PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).map_err(|_| GatewayError::BadRequest {
-                detail: "the rewritten path is invalid",
-                close: false,
-            })?
-        }
+    }
+    let s = match &query {
+        Some(q) => format!("{upstream_path}?{q}"),
+        None => upstream_path.into_owned(),
     };
-    parts.uri = Uri::builder()
-        .scheme(upstream.scheme())
-        .authority(target.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| GatewayError::BadRequest {
-            detail: "the request target is invalid",
-            close: false,
-        })?;
+    PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).map_err(|_| GatewayError::BadRequest {
+        detail: "the rewritten path is invalid",
+        close: false,
+    })
+}
 
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    route: &Route,
+    upstream: &Upstream,
+    ctx: &RequestCtx,
+    mut parts: request::Parts,
+    pq: PathAndQuery,
+    body: Incoming,
+    host: Option<HeaderValue>,
+    deadline: Instant,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let (target, mut in_flight) = upstream.pick(&PickContext {
+        client_ip: ctx.client_ip,
+        headers: &parts.headers,
+        consumer: ctx.consumer.as_deref(),
+    });
     match upstream.protocol {
         Protocol::Http1 => {
+            // Origin form (`/path?query`): the upstream never sees the client's absolute form.
+            parts.uri = Uri::from(pq);
             parts.version = Version::HTTP_11;
+            // An HTTP/2 client sends :authority, not Host; HTTP/1.1 needs Host.
             if !parts.headers.contains_key(HOST) {
-                let value = host.unwrap_or(target.authority.as_str());
-                if let Ok(v) = HeaderValue::from_str(value) {
-                    parts.headers.insert(HOST, v);
-                }
+                let value = host.unwrap_or_else(|| {
+                    HeaderValue::from_str(target.authority.as_str()).expect("an authority is a valid header value")
+                });
+                parts.headers.insert(HOST, value);
             }
         }
         Protocol::Http2 | Protocol::Grpc => {
+            // :scheme and :authority name the target; the client's host travels as Host.
+            parts.uri = Uri::builder()
+                .scheme(upstream.scheme())
+                .authority(target.authority.clone())
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| GatewayError::BadRequest { detail: "the request target is invalid", close: false })?;
             parts.version = Version::HTTP_2;
-            // HTTP/2 carries the host in :authority; keep the client's as Host.
         }
     }
 
     let req = Request::from_parts(parts, RequestBody::new(body, route.max_body));
-    let read_deadline = deadline.min(Instant::now() + upstream.read_timeout);
-    let resp = match tokio::time::timeout_at(read_deadline, upstream.client.request(req)).await {
+    // One timer bounds the wait for the response head: the read timeout,
+    // within what is left of the route's deadline.
+    let head_deadline = deadline.min(Instant::now() + upstream.read_timeout);
+    let (resp, lease) = match tokio::time::timeout_at(head_deadline, target.pool.send(req)).await {
         Err(_) => return Err(GatewayError::GatewayTimeout),
-        Ok(Err(e)) => {
+        Ok(Err(CallError::ConnectTimeout)) => return Err(GatewayError::GatewayTimeout),
+        Ok(Err(CallError::Connect(e))) => {
+            return Err(GatewayError::UpstreamConnect(format!(
+                "{}: {e}",
+                target.authority
+            )));
+        }
+        Ok(Err(CallError::Exchange(e))) => {
             return Err(if caused_by::<BodyTooLarge>(&e) {
                 GatewayError::PayloadTooLarge {
                     limit: route.max_body,
@@ -261,36 +262,17 @@ async fn forward(
                     detail: "the request body is malformed or was cut off",
                     close: true,
                 }
-            } else if e.is_connect() {
-                if io_timed_out(&e) {
-                    GatewayError::GatewayTimeout
-                } else {
-                    GatewayError::UpstreamConnect(format!("{}: {e:?}", target.authority))
-                }
             } else {
                 GatewayError::UpstreamProtocol(format!("{}: {e:?}", target.authority))
             });
         }
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(ok)) => ok,
     };
+    in_flight.hold(lease);
     let (mut resp_parts, resp_body) = resp.into_parts();
     forwarded::strip_hop_by_hop(&mut resp_parts.headers);
-    let body = ResponseBody::upstream(resp_body, deadline, upstream.read_timeout, Some(in_flight));
+    let body = ResponseBody::upstream(resp_body, deadline, upstream.read_timeout, in_flight);
     Ok(Response::from_parts(resp_parts, body))
-}
-
-/// Whether a connect error was the connect timeout (504) rather than a refusal (502).
-fn io_timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }
 
 /// Refuses the request-smuggling shapes hyper lets through (SPEC section 8).
@@ -335,7 +317,7 @@ fn header_bytes(parts: &request::Parts) -> u64 {
 
 /// The host the client asked for: the URI's authority (HTTP/2, absolute
 /// form) or the `Host` header. HTTP/1.1 requires one, and only one.
-fn request_host(parts: &request::Parts) -> Result<Option<&str>, GatewayError> {
+fn request_host(parts: &request::Parts) -> Result<Option<HeaderValue>, GatewayError> {
     let bad = |detail| GatewayError::BadRequest { detail, close: true };
     let mut hosts = parts.headers.get_all(HOST).iter();
     let header = hosts.next();
@@ -343,22 +325,35 @@ fn request_host(parts: &request::Parts) -> Result<Option<&str>, GatewayError> {
         return Err(bad("more than one Host header"));
     }
     let host = match (parts.uri.authority(), header) {
-        (Some(a), _) => Some(a.as_str()),
-        (None, Some(h)) => Some(h.to_str().map_err(|_| bad("invalid Host header"))?),
+        (Some(a), _) => Some(HeaderValue::from_str(a.as_str()).map_err(|_| bad("invalid Host header"))?),
+        // A clone shares the header's bytes: no copy.
+        (None, Some(h)) => Some(h.clone()),
         (None, None) if parts.version == Version::HTTP_11 => {
             return Err(bad("HTTP/1.1 requests need a Host header"));
         }
         (None, None) => None,
     };
-    if let Some(h) = host {
-        let valid = !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
+    if let Some(h) = &host {
+        let b = h.as_bytes();
+        let valid = !b.is_empty()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
         if !valid {
             return Err(bad("invalid Host header"));
         }
     }
     Ok(host)
+}
+
+trait AsStr {
+    fn as_str(&self) -> &str;
+}
+
+impl AsStr for HeaderValue {
+    /// Only called on values checked to be ASCII host characters.
+    fn as_str(&self) -> &str {
+        self.to_str().unwrap_or("")
+    }
 }
 
 /// The host as routes match it: lower case, without the port.
@@ -372,21 +367,6 @@ fn route_host(h: &str) -> Cow<'_, str> {
         Cow::Owned(bare.to_ascii_lowercase())
     } else {
         Cow::Borrowed(bare)
-    }
-}
-
-trait IntoOwnedIfChanged {
-    fn into_owned_if_changed(self, original: &str) -> Option<String>;
-}
-
-impl IntoOwnedIfChanged for Cow<'_, str> {
-    /// `None` when normalization changed nothing (the common case: no copy).
-    fn into_owned_if_changed(self, original: &str) -> Option<String> {
-        match self {
-            Cow::Borrowed(_) => None,
-            Cow::Owned(s) if s == original => None,
-            Cow::Owned(s) => Some(s),
-        }
     }
 }
 

@@ -194,7 +194,8 @@ async fn serve_connection(
         async move {
             // Each request reads the runtime once: a reload never changes it mid-request.
             let rt = runtime.load_full();
-            let resp = handle(&rt, &info, req).await;
+            // Boxed once: hyper then moves a pointer, not a large state machine.
+            let resp = Box::pin(handle(&rt, &info, req)).await;
             Ok::<_, Infallible>(resp.map(|body| TrackedBody {
                 inner: body,
                 _guard: guard,
@@ -246,10 +247,14 @@ impl Tracker {
     }
 
     fn on_read(&self) {
-        let now = self.now();
-        self.last_activity.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
-            self.head_started.store(now, Ordering::Relaxed);
+        // Only bytes that arrive between requests matter to the watchdog
+        // (a request in flight is bounded by request_timeout): skip the clock otherwise.
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let now = self.now();
+            self.last_activity.store(now, Ordering::Relaxed);
+            if self.head_started.load(Ordering::Relaxed) == 0 {
+                self.head_started.store(now, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -213,16 +213,14 @@ impl Upstream {
     }
 }
 
+/// Name, requests seen, requests in progress, most in progress at once.
+type UpState = (String, Arc<Mutex<Vec<Seen>>>, Arc<AtomicUsize>, Arc<AtomicUsize>);
+
 type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn upstream_answer(
     req: Request<Incoming>,
-    (name, requests, concurrent, max_concurrent): (
-        String,
-        Arc<Mutex<Vec<Seen>>>,
-        Arc<AtomicUsize>,
-        Arc<AtomicUsize>,
-    ),
+    (name, requests, concurrent, max_concurrent): UpState,
 ) -> Response<UpBody> {
     let now = concurrent.fetch_add(1, Ordering::SeqCst) + 1;
     max_concurrent.fetch_max(now, Ordering::SeqCst);

@@ -1,0 +1,181 @@
+//! Keep-alive connections to one target, on `hyper::client::conn`.
+//!
+//! HTTP/1.1: idle connections wait in a small stack; a request takes one (or
+//! dials a new one) and the connection comes back when its response body has
+//! been read to the end ([`Lease::release`]). A response abandoned midway
+//! closes its connection instead: it cannot carry another request.
+//!
+//! HTTP/2: one shared, multiplexed connection, dialled again when it closes.
+//!
+//! A request is sent again on a fresh connection only when hyper hands it
+//! back unsent (a pooled connection the upstream had just closed); once any
+//! of it may have reached the upstream it is never retried here.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+
+/// Why a call to an upstream failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// No connection could be made: the request was never sent.
+    Connect(std::io::Error),
+    /// Connecting took longer than the connect timeout: never sent.
+    ConnectTimeout,
+    /// The exchange failed after the request may have been (partly) sent.
+    Exchange(hyper::Error),
+}
+
+pub struct PoolConfig {
+    pub http2: bool,
+    pub connect_timeout: Duration,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+}
+
+pub struct Pool {
+    authority: Authority,
+    cfg: PoolConfig,
+    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
+    shared_h2: tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+/// A connection held by one exchange until its response body is done.
+pub enum Lease {
+    Http1(http1::SendRequest<RequestBody>),
+    Http2,
+}
+
+impl Pool {
+    pub fn new(authority: Authority, cfg: PoolConfig) -> Pool {
+        Pool {
+            authority,
+            cfg,
+            idle: Mutex::new(Vec::new()),
+            shared_h2: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sends `req`; on success also returns the connection's lease.
+    pub async fn send(&self, req: Request<RequestBody>) -> Result<(Response<Incoming>, Lease), CallError> {
+        if self.cfg.http2 {
+            let mut sender = self.h2_sender().await?;
+            return match sender.send_request(req).await {
+                Ok(resp) => Ok((resp, Lease::Http2)),
+                Err(e) => Err(CallError::Exchange(e)),
+            };
+        }
+        let mut req = req;
+        loop {
+            let (mut sender, fresh) = match self.checkout() {
+                Some(s) => (s, false),
+                None => (self.dial_h1().await?, true),
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    return Err(CallError::Connect(std::io::Error::other(
+                        "connection closed during handshake",
+                    )));
+                }
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Lease::Http1(sender))),
+                Err(mut e) => match e.take_message() {
+                    // Never written to the wire: safe to send on another connection.
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return Err(CallError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Puts a connection back after its response was read to the end.
+    pub fn release(&self, lease: Lease) {
+        if let Lease::Http1(sender) = lease {
+            if sender.is_closed() {
+                return;
+            }
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < self.cfg.max_idle {
+                idle.push((sender, Instant::now()));
+            }
+        }
+    }
+
+    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < self.cfg.idle_timeout {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<TcpStream, CallError> {
+        let dial = async {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host(self.authority.as_str()).await?.collect();
+            let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the target");
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
+        let stream = match tokio::time::timeout(self.cfg.connect_timeout, dial).await {
+            Err(_) => return Err(CallError::ConnectTimeout),
+            Ok(Err(e)) => return Err(CallError::Connect(e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn dial_h1(&self) -> Result<http1::SendRequest<RequestBody>, CallError> {
+        let io = TokioIo::new(self.connect().await?);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(CallError::Exchange)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn h2_sender(&self) -> Result<http2::SendRequest<RequestBody>, CallError> {
+        // Held across the dial so concurrent first requests share one connection.
+        let mut slot = self.shared_h2.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let io = TokioIo::new(self.connect().await?);
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(CallError::Exchange)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+}
