@@ -175,8 +175,10 @@ impl Body for ResponseBody {
                             .as_mut()
                             .reset(up.deadline.min(Instant::now() + up.read_timeout));
                     }
-                    if up.inner.is_end_stream() {
-                        up.in_flight.take().map(InFlight::finish);
+                    if up.inner.is_end_stream()
+                        && let Some(f) = up.in_flight.take()
+                    {
+                        f.finish();
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
@@ -185,7 +187,9 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Err(e.into())))
                 }
                 Poll::Ready(None) => {
-                    up.in_flight.take().map(InFlight::finish);
+                    if let Some(f) = up.in_flight.take() {
+                        f.finish();
+                    }
                     Poll::Ready(None)
                 }
                 Poll::Pending => {

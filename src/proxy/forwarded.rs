@@ -109,25 +109,30 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let peer_text = crate::config::types::canonical_ip(peer).to_string();
-    let xff = if peer_trusted {
-        let prior: Vec<&str> = headers
+    let peer = crate::config::types::canonical_ip(peer);
+    let mut buf = [0u8; 15];
+    let peer_value = match peer {
+        // The common case, without the formatting machinery.
+        IpAddr::V4(v4) => {
+            let n = write_ipv4(&mut buf, v4);
+            HeaderValue::from_bytes(&buf[..n]).expect("digits and dots")
+        }
+        IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()).expect("an address is a valid header value"),
+    };
+    let xff = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let prior: Vec<&[u8]> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(HeaderValue::as_bytes)
             .collect();
-        if prior.is_empty() {
-            peer_text
-        } else {
-            format!("{}, {peer_text}", prior.join(", "))
-        }
+        let mut chain = prior.join(&b", "[..]);
+        chain.extend_from_slice(b", ");
+        chain.extend_from_slice(peer_value.as_bytes());
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)).unwrap_or(peer_value)
     } else {
-        peer_text
+        peer_value
     };
-    // From a String, Bytes keeps the allocation: no copy.
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     if !peer_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
@@ -141,11 +146,34 @@ pub fn set_forwarded(
             }
         }
     }
-    if !peer_trusted {
-        // Backends may believe these; only a trusted proxy may send them.
+    // Backends may believe these; only a trusted proxy may send them. One
+    // pass over the names, since they are rarely there.
+    if !peer_trusted && headers.keys().any(|k| k == X_REAL_IP || k == FORWARDED) {
         headers.remove(&X_REAL_IP);
         headers.remove(&FORWARDED);
     }
+}
+
+/// Writes `ip` in dotted form into `buf`; returns the length.
+fn write_ipv4(buf: &mut [u8; 15], ip: std::net::Ipv4Addr) -> usize {
+    let mut n = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    n
 }
 
 fn hex_into(out: &mut [u8], mut v: u128) {
@@ -224,6 +252,21 @@ mod tests {
             client_ip("10.0.0.1".parse().unwrap(), &HeaderMap::new(), &trusted()),
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn ipv4_formatting() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.9.199",
+        ] {
+            let mut buf = [0u8; 15];
+            let n = write_ipv4(&mut buf, ip.parse().unwrap());
+            assert_eq!(&buf[..n], ip.as_bytes());
+        }
     }
 
     #[test]

@@ -194,23 +194,30 @@ async fn serve_connection(
         async move {
             // Each request reads the runtime once: a reload never changes it mid-request.
             let rt = runtime.load_full();
-            // Boxed once: hyper then moves a pointer, not a large state machine.
-            let resp = Box::pin(handle(&rt, &info, req)).await;
+            let resp = handle(&rt, &info, req).await;
             Ok::<_, Infallible>(resp.map(|body| TrackedBody {
                 inner: body,
                 _guard: guard,
             }))
         }
     });
-    let conn = watcher.watch(ctx.builder.serve_connection(io, service));
-    tokio::select! {
-        r = conn => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+    // The connection runs in its own task so that its every wake-up polls
+    // hyper alone; this task only waits for the watchdog or the end.
+    let done = Arc::new(tokio::sync::Notify::new());
+    let done_tx = done.clone();
+    let conn_ctx = ctx.clone();
+    let conn_task = tokio::spawn(async move {
+        let conn = watcher.watch(conn_ctx.builder.serve_connection(io, service));
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
+        done_tx.notify_one();
+    });
+    tokio::select! {
+        _ = done.notified() => {}
         reason = watchdog(&tracker, header_timeout, idle_timeout) => {
             tracing::debug!(%peer, reason, "closing connection");
+            conn_task.abort();
         }
     }
 }
@@ -366,33 +373,53 @@ impl HeadScanner {
             self.disabled = true;
             return;
         }
-        let start = self.buf.len().saturating_sub(3);
-        self.buf.extend_from_slice(data);
-        let Some(end) = self.buf[start..]
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|p| p + start)
-        else {
-            if self.buf.len() > MAX_SCANNED_HEAD {
-                self.disabled = true;
-                self.buf = Vec::new();
+        // The usual case: a whole head in one read, scanned in place.
+        let head = if self.buf.is_empty() {
+            match memchr::memmem::find(data, b"\r\n\r\n") {
+                Some(end) => &data[..end],
+                None => {
+                    self.buf.extend_from_slice(data);
+                    return;
+                }
             }
-            return;
+        } else {
+            let start = self.buf.len().saturating_sub(3);
+            self.buf.extend_from_slice(data);
+            match memchr::memmem::find(&self.buf[start..], b"\r\n\r\n") {
+                Some(end) => &self.buf[..start + end],
+                None => {
+                    if self.buf.len() > MAX_SCANNED_HEAD {
+                        self.disabled = true;
+                        self.buf = Vec::new();
+                    }
+                    return;
+                }
+            }
         };
-        let head = &self.buf[..end];
-        let has = |name: &[u8]| {
-            head.split(|b| *b == b'\n').skip(1).any(|line| {
-                line.len() > name.len()
-                    && line[..name.len()].eq_ignore_ascii_case(name)
-                    && line[name.len()] == b':'
-            })
-        };
-        if has(b"content-length") && has(b"transfer-encoding") {
+        if has_framing_conflict(head) {
             tracker.conflicting_framing.store(true, Ordering::Relaxed);
         }
         tracker.head_pending.store(true, Ordering::Relaxed);
         self.buf.clear();
     }
+}
+
+/// Whether a request head has both a Content-Length and a Transfer-Encoding line.
+fn has_framing_conflict(head: &[u8]) -> bool {
+    let (mut cl, mut te) = (false, false);
+    for line in head.split(|b| *b == b'\n').skip(1) {
+        // Most lines start with neither letter: one byte decides.
+        match line.first().map(u8::to_ascii_lowercase) {
+            Some(b'c') => cl |= header_is(line, b"content-length"),
+            Some(b't') => te |= header_is(line, b"transfer-encoding"),
+            _ => {}
+        }
+    }
+    cl && te
+}
+
+fn header_is(line: &[u8], name: &[u8]) -> bool {
+    line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name)
 }
 
 /// A TCP stream that reports reads to its connection's [`Tracker`].
