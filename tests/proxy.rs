@@ -308,3 +308,66 @@ async fn upstream_refusing_answering_garbage_or_hanging() {
         .problem(504, "gateway-timeout");
     assert!(start.elapsed() < Duration::from_millis(1500));
 }
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
+    // An upstream that answers one keep-alive request per connection, then closes it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let gw = Gateway::start(&config(
+        &format!("  - name: a\n    targets: [{{url: \"http://{addr}\"}}]\n"),
+        "  - name: r\n    match: {paths: [\"/\"]}\n    upstream: a\n",
+        "",
+    ));
+    for _ in 0..3 {
+        let r = get(&gw.url("/x")).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn trailers_and_te_pass_through_to_http2_upstreams() {
+    let up = Upstream::start("grpc").await;
+    let gw = Gateway::start(&config(
+        &format!(
+            "  - name: g\n    protocol: grpc\n    targets: [{{url: \"{}\"}}]\n",
+            up.url()
+        ),
+        "  - name: r\n    match: {paths: [\"/\"]}\n    upstream: g\n",
+        "",
+    ));
+    let resp = client_h2()
+        .request(
+            req("POST", &gw.url("/trailers"))
+                .header("te", "trailers")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-saw-te"], "trailers");
+    use http_body_util::BodyExt;
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().expect("trailers")["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), "ok");
+}

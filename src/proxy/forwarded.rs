@@ -33,12 +33,19 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
-/// `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// `Connection` header names. Returns whether the message had `TE: trailers`
+/// (gRPC needs it passed on to HTTP/2 upstreams).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most messages carry none: one pass over the names, without hashing.
     if !headers.keys().any(is_hop_by_hop) {
-        return;
+        return false;
     }
+    let te_trailers = headers.get_all(TE).iter().any(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+    });
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -61,6 +68,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(http::header::PROXY_AUTHORIZATION);
     headers.remove(http::header::PROXY_AUTHENTICATE);
     headers.remove(http::header::TRAILER);
+    te_trailers
 }
 
 pub fn is_trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
@@ -298,7 +306,7 @@ mod tests {
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
         h.insert("upgrade", "websocket".parse().unwrap());
-        strip_hop_by_hop(&mut h);
+        assert!(strip_hop_by_hop(&mut h), "TE: trailers is reported");
         assert!(h.is_empty(), "{h:?}");
     }
 

@@ -96,7 +96,7 @@ async fn process(
     // Request hygiene, before any plugin sees the headers.
     let client_ip = forwarded::client_ip(conn.peer.ip(), &parts.headers, &settings.trusted_proxies);
     let incoming_trace = parts.headers.remove(&forwarded::TRACEPARENT);
-    forwarded::strip_hop_by_hop(&mut parts.headers);
+    let te_trailers = forwarded::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(&settings.request_id_header);
 
     let mut ctx = RequestCtx {
@@ -152,6 +152,12 @@ async fn process(
             parts.headers.insert(forwarded::TRACEPARENT.clone(), traceparent);
             if settings.via {
                 parts.headers.append(forwarded::VIA.clone(), VIA_VALUE.clone());
+            }
+            if te_trailers && upstream.protocol != Protocol::Http1 {
+                // The one TE value HTTP/2 allows; gRPC servers require it.
+                parts
+                    .headers
+                    .insert(http::header::TE, HeaderValue::from_static("trailers"));
             }
             forward(route, upstream, &ctx, parts, pq, body, host, deadline).await?
         }
@@ -277,7 +283,7 @@ async fn forward(
     };
     in_flight.hold(lease);
     let (mut resp_parts, resp_body) = resp.into_parts();
-    forwarded::strip_hop_by_hop(&mut resp_parts.headers);
+    let _ = forwarded::strip_hop_by_hop(&mut resp_parts.headers);
     let body = ResponseBody::upstream(resp_body, deadline, upstream.read_timeout, in_flight);
     Ok(Response::from_parts(resp_parts, body))
 }

@@ -260,6 +260,22 @@ async fn upstream_answer(
                 .collect();
             Response::new(StreamBody::new(futures_stream(chunks)).boxed())
         }
+        "trailers" => {
+            // gRPC style: the status comes in trailers; says whether TE: trailers arrived.
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+                vec![Ok(Frame::data(Bytes::from("ok"))), Ok(Frame::trailers(trailers))];
+            let mut r = Response::new(StreamBody::new(futures_stream(frames)).boxed());
+            let te = parts
+                .headers
+                .get("te")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            r.headers_mut()
+                .insert("x-saw-te", te.parse().unwrap_or_else(|_| "none".parse().unwrap()));
+            r
+        }
         "slow-body" => {
             let ms: u64 = arg.parse().unwrap_or(0);
             let stream = async_stream_once(ms);
