@@ -239,3 +239,35 @@ async fn http2_concurrent_streams_are_capped() {
     );
     assert!(max >= 2);
 }
+
+#[tokio::test]
+async fn idle_http2_connections_get_the_idle_timeout_not_the_header_timeout() {
+    let (gw, _up) = setup("    header_read_timeout: 300ms\n    idle_timeout: 5s\n").await;
+    // A client that PINGs while idle, as browsers and gRPC clients do.
+    let c: TestClient = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(Duration::from_millis(100))
+        .http2_keep_alive_while_idle(true)
+        .build_http();
+    assert_eq!(
+        send(&c, req("GET", &gw.url("/one")).body(Full::default()).unwrap())
+            .await
+            .status,
+        200
+    );
+    // Past header_read_timeout, within idle_timeout, with PINGs arriving meanwhile.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        send(&c, req("GET", &gw.url("/two")).body(Full::default()).unwrap())
+            .await
+            .status,
+        200
+    );
+    let logs = gw.logs.lock().unwrap().join("\n");
+    assert!(
+        !logs.contains("request header read timeout"),
+        "an idle h2 connection was cut as a slow request:\n{logs}"
+    );
+    assert_eq!(logs.matches("\"listening\"").count(), 1);
+}

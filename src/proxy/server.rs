@@ -234,6 +234,9 @@ struct Tracker {
     head_pending: AtomicBool,
     /// That head carried both Content-Length and Transfer-Encoding.
     conflicting_framing: AtomicBool,
+    /// HTTP/2: frames between streams (PING, SETTINGS) are not request heads,
+    /// so only the idle timeout applies between requests.
+    http2: AtomicBool,
 }
 
 impl Tracker {
@@ -246,6 +249,7 @@ impl Tracker {
             in_flight: AtomicU32::new(0),
             head_pending: AtomicBool::new(false),
             conflicting_framing: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
         }
     }
 
@@ -259,7 +263,7 @@ impl Tracker {
         if self.in_flight.load(Ordering::Relaxed) == 0 {
             let now = self.now();
             self.last_activity.store(now, Ordering::Relaxed);
-            if self.head_started.load(Ordering::Relaxed) == 0 {
+            if self.head_started.load(Ordering::Relaxed) == 0 && !self.http2.load(Ordering::Relaxed) {
                 self.head_started.store(now, Ordering::Relaxed);
             }
         }
@@ -371,6 +375,9 @@ impl HeadScanner {
         }
         if self.buf.is_empty() && data.starts_with(b"PRI * HTTP/2.0") {
             self.disabled = true;
+            tracker.http2.store(true, Ordering::Relaxed);
+            // The preface counts as the start of the first request.
+            tracker.head_started.store(0, Ordering::Relaxed);
             return;
         }
         // The usual case: a whole head in one read, scanned in place.
@@ -385,6 +392,14 @@ impl HeadScanner {
         } else {
             let start = self.buf.len().saturating_sub(3);
             self.buf.extend_from_slice(data);
+            if self.buf.starts_with(b"PRI * HTTP/2.0") {
+                // The preface arrived in pieces.
+                self.disabled = true;
+                self.buf = Vec::new();
+                tracker.http2.store(true, Ordering::Relaxed);
+                tracker.head_started.store(0, Ordering::Relaxed);
+                return;
+            }
             match memchr::memmem::find(&self.buf[start..], b"\r\n\r\n") {
                 Some(end) => &self.buf[..start + end],
                 None => {
