@@ -110,23 +110,27 @@ fn parse_xff_item(s: &str) -> Option<IpAddr> {
 
 /// Sets `X-Forwarded-For/Proto/Host`. From an untrusted peer, whatever the
 /// client sent is replaced; from a trusted one, the peer is appended to its chain.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    peer_trusted: bool,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-) {
-    let peer = crate::config::types::canonical_ip(peer);
-    let mut buf = [0u8; 15];
-    let peer_value = match peer {
-        // The common case, without the formatting machinery.
+/// The peer's address as a header value; made once per connection.
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    match crate::config::types::canonical_ip(ip) {
         IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
             let n = write_ipv4(&mut buf, v4);
             HeaderValue::from_bytes(&buf[..n]).expect("digits and dots")
         }
         IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()).expect("an address is a valid header value"),
-    };
+    }
+}
+
+/// `peer_value` is the peer's [`ip_header_value`].
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer_value: &HeaderValue,
+    peer_trusted: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let peer_value = peer_value.clone();
     let xff = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let prior: Vec<&[u8]> = headers
             .get_all(&X_FORWARDED_FOR)
@@ -284,7 +288,7 @@ mod tests {
         h.insert("x-real-ip", "6.6.6.6".parse().unwrap());
         set_forwarded(
             &mut h,
-            "8.8.8.8".parse().unwrap(),
+            &ip_header_value("8.8.8.8".parse().unwrap()),
             false,
             "http",
             Some(&HeaderValue::from_static("api.example.com")),
@@ -294,7 +298,13 @@ mod tests {
         assert!(h.get("x-real-ip").is_none());
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, "http", None);
+        set_forwarded(
+            &mut h,
+            &ip_header_value("10.0.0.1".parse().unwrap()),
+            true,
+            "http",
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.1");
     }
 

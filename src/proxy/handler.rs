@@ -32,7 +32,19 @@ use crate::upstream::{PickContext, Upstream};
 /// What the handler knows of the connection a request came on.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer`'s address as a header value, formatted once per connection.
+    pub peer_value: HeaderValue,
     pub tls: bool,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        ConnInfo {
+            peer,
+            peer_value: forwarded::ip_header_value(peer.ip()),
+            tls,
+        }
+    }
 }
 
 static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 portcullis");
@@ -140,7 +152,7 @@ async fn process(
             let proto = if conn.tls { "https" } else { "http" };
             forwarded::set_forwarded(
                 &mut parts.headers,
-                conn.peer.ip(),
+                &conn.peer_value,
                 peer_trusted,
                 proto,
                 host.as_ref(),

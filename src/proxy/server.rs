@@ -181,7 +181,7 @@ async fn serve_connection(
         tracker: tracker.clone(),
         head: HeadScanner::default(),
     });
-    let info = Arc::new(ConnInfo { peer, tls: false });
+    let info = Arc::new(ConnInfo::new(peer, false));
     let runtime = ctx.runtime.clone();
     let svc_tracker = tracker.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
