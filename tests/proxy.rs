@@ -371,3 +371,84 @@ async fn trailers_and_te_pass_through_to_http2_upstreams() {
     assert_eq!(collected.trailers().expect("trailers")["grpc-status"], "0");
     assert_eq!(collected.to_bytes(), "ok");
 }
+
+#[tokio::test]
+async fn several_listeners_serve_the_same_routes() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&format!(
+        "version: 1\nserver:\n  listeners:\n    - {{name: one, address: \"127.0.0.1:0\"}}\n    - {{name: two, address: \"127.0.0.1:0\"}}\n{}",
+        format_args!(
+            "upstreams:\n{}routes:\n  - name: r\n    match: {{paths: [\"/\"]}}\n    upstream: a\n",
+            upstream("a", &up)
+        )
+    ));
+    assert_eq!(gw.addrs.len(), 2);
+    for addr in &gw.addrs {
+        let r = get(&format!("http://{addr}/x")).await;
+        assert_eq!(r.status, 200);
+        let r2 = send(
+            &client_h2(),
+            req("GET", &format!("http://{addr}/y"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r2.status, 200);
+    }
+    assert_eq!(up.count(), 4);
+}
+
+#[tokio::test]
+async fn bodiless_answers_release_the_upstream_connection() {
+    let (gw, up) = one_route("", "").await;
+    let c = client_h1();
+    for _ in 0..5 {
+        let head = send(&c, req("HEAD", &gw.url("/h")).body(Full::default()).unwrap()).await;
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty());
+        let no_content = send(
+            &c,
+            req("GET", &gw.url("/status/204")).body(Full::default()).unwrap(),
+        )
+        .await;
+        assert_eq!(no_content.status, 204);
+    }
+    assert_eq!(up.count(), 10);
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "HEAD and 204 answers must give their connection back to the pool"
+    );
+}
+
+#[tokio::test]
+async fn expect_100_continue_uploads_are_forwarded() {
+    let (gw, up) = one_route("", "").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut got = String::new();
+    while !got.contains("\"body_len\":5") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.contains("200 OK"), "{got}");
+    assert_eq!(up.last().body_len, 5);
+}

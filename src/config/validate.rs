@@ -86,7 +86,8 @@ impl Validator {
             {
                 self.err(format!("{p}.name"), format!("duplicate listener name `{name}`"));
             }
-            if !addrs.insert(l.address) {
+            // Port 0 asks the OS for any free port: never a clash.
+            if l.address.port() != 0 && !addrs.insert(l.address) {
                 self.err(
                     format!("{p}.address"),
                     format!("address {} is used by another listener", l.address),
