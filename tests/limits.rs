@@ -5,7 +5,6 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::Full;
 use support::*;
 
@@ -23,45 +22,23 @@ async fn setup(limits: &str) -> (Gateway, Upstream) {
 async fn body_limit_exact_passes_one_more_is_413() {
     let (gw, up) = setup("    max_request_body_bytes: 1KiB\n").await;
     let c = client_h1();
-    let ok = send(
-        &c,
-        req("POST", &gw.url("/x"))
-            .body(Full::new(Bytes::from(vec![b'a'; 1024])))
-            .unwrap(),
-    )
-    .await;
+    let ok = post_bytes(&c, &gw.url("/x"), 1024).await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.json()["body_len"], 1024);
     let before = up.count();
-    send(
-        &c,
-        req("POST", &gw.url("/x"))
-            .body(Full::new(Bytes::from(vec![b'a'; 1025])))
-            .unwrap(),
-    )
-    .await
-    .problem(413, "payload-too-large");
+    post_bytes(&c, &gw.url("/x"), 1025)
+        .await
+        .problem(413, "payload-too-large");
     assert_eq!(
         up.count(),
         before,
         "a body over the limit (Content-Length) must not be forwarded"
     );
     // The route lowers it.
-    send(
-        &c,
-        req("POST", &gw.url("/small"))
-            .body(Full::new(Bytes::from(vec![b'a'; 100])))
-            .unwrap(),
-    )
-    .await;
-    send(
-        &c,
-        req("POST", &gw.url("/small"))
-            .body(Full::new(Bytes::from(vec![b'a'; 101])))
-            .unwrap(),
-    )
-    .await
-    .problem(413, "payload-too-large");
+    assert_eq!(post_bytes(&c, &gw.url("/small"), 100).await.status, 200);
+    post_bytes(&c, &gw.url("/small"), 101)
+        .await
+        .problem(413, "payload-too-large");
     // Chunked (no Content-Length): cut off mid-stream, still 413.
     let mut chunked = b"POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..3 {

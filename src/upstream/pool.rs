@@ -150,11 +150,7 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(CallError::Exchange)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
+        drive(conn);
         Ok(sender)
     }
 
@@ -170,12 +166,17 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(CallError::Exchange)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream h2 connection ended");
-            }
-        });
+        drive(conn);
         *slot = Some(sender.clone());
         Ok(sender)
     }
+}
+
+/// Runs a client connection in its own task until it closes.
+fn drive(conn: impl std::future::Future<Output = hyper::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
 }

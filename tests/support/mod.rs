@@ -393,6 +393,17 @@ pub async fn get(url: &str) -> Resp {
     send(&client_h1(), Request::get(url).body(Full::default()).unwrap()).await
 }
 
+/// POSTs `n` bytes.
+pub async fn post_bytes(client: &TestClient, url: &str, n: usize) -> Resp {
+    send(
+        client,
+        req("POST", url)
+            .body(Full::new(Bytes::from(vec![b'a'; n])))
+            .unwrap(),
+    )
+    .await
+}
+
 pub fn req(method: &str, url: &str) -> http::request::Builder {
     Request::builder().method(method).uri(url)
 }
