@@ -222,14 +222,21 @@ impl Body for ResponseBody {
     }
 }
 
-/// Whether `err` (or anything in its source chain) is a `T`.
-pub fn caused_by<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+/// The first `T` in `err`'s source chain (`err` included).
+pub fn find_cause<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
     let mut cur = Some(err);
     while let Some(e) = cur {
-        if e.is::<T>() {
-            return true;
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
         }
         cur = e.source();
     }
-    false
+    None
+}
+
+/// Whether `err` (or anything in its source chain) is a `T`.
+pub fn caused_by<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    find_cause::<T>(err).is_some()
 }

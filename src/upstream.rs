@@ -106,6 +106,7 @@ impl Upstream {
                     PoolConfig {
                         http2,
                         connect_timeout: cfg.timeouts.connect.0,
+                        write_timeout: cfg.timeouts.write.0,
                         max_idle: cfg.keepalive.max_idle_per_target,
                         idle_timeout: cfg.keepalive.idle_timeout.0,
                     },

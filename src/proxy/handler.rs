@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::forwarded;
-use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, ResponseBody, caused_by};
+use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, ResponseBody, caused_by, find_cause};
 use crate::config::Protocol;
 use crate::error::GatewayError;
 use crate::plugins::{Flow, RequestCtx};
@@ -282,6 +282,11 @@ async fn forward(
                 GatewayError::PayloadTooLarge {
                     limit: route.max_body,
                 }
+            } else if find_cause::<std::io::Error>(&e)
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                // The upstream write timeout.
+                GatewayError::GatewayTimeout
             } else if caused_by::<ClientBodyError>(&e) {
                 GatewayError::BadRequest {
                     detail: "the request body is malformed or was cut off",

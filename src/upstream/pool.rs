@@ -20,8 +20,13 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::RequestBody;
 
@@ -39,6 +44,8 @@ pub enum CallError {
 pub struct PoolConfig {
     pub http2: bool,
     pub connect_timeout: Duration,
+    /// A write to the upstream that makes no progress this long fails.
+    pub write_timeout: Duration,
     pub max_idle: usize,
     pub idle_timeout: Duration,
 }
@@ -123,7 +130,7 @@ impl Pool {
         None
     }
 
-    async fn connect(&self) -> Result<TcpStream, CallError> {
+    async fn connect(&self) -> Result<UpstreamIo, CallError> {
         let dial = async {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host(self.authority.as_str()).await?.collect();
             let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the target");
@@ -141,7 +148,11 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        Ok(UpstreamIo {
+            inner: stream,
+            write_timeout: self.cfg.write_timeout,
+            write_timer: None,
+        })
     }
 
     async fn dial_h1(&self) -> Result<http1::SendRequest<RequestBody>, CallError> {
@@ -173,10 +184,86 @@ impl Pool {
 }
 
 /// Runs a client connection in its own task until it closes.
-fn drive(conn: impl std::future::Future<Output = hyper::Result<()>> + Send + 'static) {
+fn drive(conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
     });
+}
+
+/// The TCP stream to an upstream, with the write timeout: a write the
+/// upstream does not accept within `write_timeout` (its socket buffer stays
+/// full) fails with `TimedOut`. The timer exists only while a write waits,
+/// so the usual path costs nothing.
+struct UpstreamIo {
+    inner: TcpStream,
+    write_timeout: Duration,
+    write_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl UpstreamIo {
+    fn on_write<T>(&mut self, cx: &mut Context<'_>, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Pending => {
+                let timeout = self.write_timeout;
+                let timer = self
+                    .write_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "upstream write timed out",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.write_timer = None;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.on_write(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.on_write(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
