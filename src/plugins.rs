@@ -46,7 +46,34 @@ pub struct RequestCtx {
     /// The client's address, derived with `trusted_proxies`.
     pub client_ip: IpAddr,
     /// Set by an auth phase; later phases (rate limits, ACLs, logs) read it.
-    pub consumer: Option<Arc<str>>,
+    pub consumer: Option<Arc<Consumer>>,
+}
+
+/// A known caller (`consumers[]`), with its own plugins.
+pub struct Consumer {
+    pub name: String,
+    pub groups: Vec<String>,
+    /// Its plugins for phases after auth (the consumer is known only then),
+    /// sorted by phase.
+    request: Vec<Plugin>,
+    response: Vec<Plugin>,
+}
+
+impl Consumer {
+    pub fn build(cfg: &crate::config::ConsumerConfig) -> Consumer {
+        let mut plugins: Vec<Plugin> = instantiate(&cfg.plugins)
+            .into_iter()
+            .filter(|p| p.phase() > Phase::Auth)
+            .collect();
+        plugins.sort_by_key(Plugin::phase);
+        let (response, request) = plugins.into_iter().partition(Plugin::is_response_phase);
+        Consumer {
+            name: cfg.name.clone(),
+            groups: cfg.groups.clone(),
+            request,
+            response,
+        }
+    }
 }
 
 /// What a request phase decided.
@@ -124,6 +151,18 @@ fn instantiate(cfg: &PluginsConfig) -> Vec<Plugin> {
     out
 }
 
+/// `chain` with `own` merged in: same-named plugins replaced, the others
+/// added, in phase order. Built only for requests of consumers with plugins.
+fn merge_consumer<'a>(chain: &'a [Plugin], own: &'a [Plugin]) -> Vec<&'a Plugin> {
+    let mut merged: Vec<&Plugin> = chain
+        .iter()
+        .filter(|p| !own.iter().any(|o| o.name() == p.name()))
+        .collect();
+    merged.extend(own.iter());
+    merged.sort_by_key(|p| p.phase());
+    merged
+}
+
 /// The global plugins, built once and shared by every route's pipeline.
 pub struct GlobalPlugins(Vec<Plugin>);
 
@@ -156,23 +195,53 @@ impl Pipeline {
         Pipeline { request, response }
     }
 
-    /// Runs the request phases in order until one answers.
+    /// Runs the request phases in order until one answers. Once an auth
+    /// phase has named a consumer with plugins of its own, the phases after
+    /// auth use the consumer's plugins: they replace route and global ones of
+    /// the same name and add their own (SPEC: consumer > route > global).
     pub async fn on_request(
         &self,
         ctx: &mut RequestCtx,
         req: &mut request::Parts,
     ) -> Result<Flow, GatewayError> {
-        for p in &self.request {
+        for (i, p) in self.request.iter().enumerate() {
+            if p.phase() > Phase::Auth
+                && let Some(consumer) = ctx.consumer.clone().filter(|c| !c.request.is_empty())
+            {
+                for p in merge_consumer(&self.request[i..], &consumer.request) {
+                    if let Flow::Respond(resp) = p.on_request(ctx, req).await? {
+                        return Ok(Flow::Respond(resp));
+                    }
+                }
+                return Ok(Flow::Continue);
+            }
             if let Flow::Respond(resp) = p.on_request(ctx, req).await? {
                 return Ok(Flow::Respond(resp));
+            }
+        }
+        // A consumer's plugins, when the route has nothing after auth.
+        if let Some(consumer) = ctx.consumer.clone().filter(|c| !c.request.is_empty()) {
+            for p in &consumer.request {
+                if let Flow::Respond(resp) = p.on_request(ctx, req).await? {
+                    return Ok(Flow::Respond(resp));
+                }
             }
         }
         Ok(Flow::Continue)
     }
 
     pub fn on_response(&self, ctx: &RequestCtx, resp: &mut response::Parts) {
-        for p in &self.response {
-            p.on_response(ctx, resp);
+        match ctx.consumer.as_ref().filter(|c| !c.response.is_empty()) {
+            None => {
+                for p in &self.response {
+                    p.on_response(ctx, resp);
+                }
+            }
+            Some(consumer) => {
+                for p in merge_consumer(&self.response, &consumer.response) {
+                    p.on_response(ctx, resp);
+                }
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::config::{Cidr, Config, FieldError, LimitsConfig};
-use crate::plugins::{GlobalPlugins, Pipeline};
+use crate::plugins::{Consumer, GlobalPlugins, Pipeline};
 use crate::router::{Conditions, PathPattern, RouteTable};
 use crate::upstream::Upstream;
 
@@ -26,6 +26,10 @@ pub struct Runtime {
     pub table: RouteTable,
     pub routes: Vec<Route>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Known callers by name, with their own plugins; auth phases set one
+    /// on the request (`consumers` are refused by validation until the auth
+    /// plugins land).
+    pub consumers: HashMap<String, Arc<Consumer>>,
 }
 
 /// Server-wide settings read per connection or request.
@@ -252,6 +256,11 @@ pub fn compile(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
             table,
             routes,
             upstreams,
+            consumers: cfg
+                .consumers
+                .iter()
+                .map(|c| (c.name.clone(), Arc::new(Consumer::build(c))))
+                .collect(),
         }),
         _ => Err(errors),
     }

@@ -233,7 +233,7 @@ async fn forward(
     let (target, mut in_flight) = upstream.pick(&PickContext {
         client_ip: ctx.client_ip,
         headers: &parts.headers,
-        consumer: ctx.consumer.as_deref(),
+        consumer: ctx.consumer.as_ref().map(|c| c.name.as_str()),
     });
     match upstream.protocol {
         Protocol::Http1 => {
