@@ -100,3 +100,25 @@ async fn request_and_response_transforms() {
     assert_eq!(r.header("x-served-by"), "portcullis");
     assert_eq!(r.header("x-extra"), "one");
 }
+
+#[tokio::test]
+async fn plugins_see_the_gateways_forwarding_headers_not_the_clients() {
+    let up = Upstream::start("a").await;
+    let routes = "  - name: r\n    match: {paths: [\"/\"]}\n    upstream: a\n    plugins:\n      request_transform:\n        headers: {rename: {x-forwarded-for: x-client-chain}}\n";
+    let gw = Gateway::start(&config(&upstream("a", &up), routes, ""));
+    let r = send(
+        &client_h1(),
+        req("GET", &gw.url("/x"))
+            .header("x-forwarded-for", "6.6.6.6")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-client-chain"], "127.0.0.1");
+    assert!(
+        !seen.headers.contains_key("x-forwarded-for"),
+        "the operator's rename wins over the gateway's header"
+    );
+}

@@ -105,11 +105,29 @@ async fn process(
         });
     }
 
-    // Request hygiene, before any plugin sees the headers.
+    // Request hygiene, before any plugin sees the headers: hop-by-hop
+    // headers go, and the headers the gateway sets replace the client's.
     let client_ip = forwarded::client_ip(conn.peer.ip(), &parts.headers, &settings.trusted_proxies);
-    let incoming_trace = parts.headers.remove(&forwarded::TRACEPARENT);
     let te_trailers = forwarded::strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(&settings.request_id_header);
+    // Room for the headers set below, in one growth instead of several.
+    parts.headers.reserve(6);
+    let peer_trusted = forwarded::is_trusted(conn.peer.ip(), &settings.trusted_proxies);
+    let proto = if conn.tls { "https" } else { "http" };
+    forwarded::set_forwarded(
+        &mut parts.headers,
+        &conn.peer_value,
+        peer_trusted,
+        proto,
+        host.as_ref(),
+    );
+    parts
+        .headers
+        .insert(settings.request_id_header.clone(), request_id.clone());
+    let traceparent = forwarded::next_traceparent(parts.headers.get(&forwarded::TRACEPARENT));
+    parts.headers.insert(forwarded::TRACEPARENT.clone(), traceparent);
+    if settings.via {
+        parts.headers.append(forwarded::VIA.clone(), VIA_VALUE.clone());
+    }
 
     let mut ctx = RequestCtx {
         request_id: request_id.clone(),
@@ -146,25 +164,6 @@ async fn process(
                 rewrite.as_ref(),
                 || rt.table.captures(&m, path),
             )?;
-            // Room for the headers set below, in one growth instead of several.
-            parts.headers.reserve(6);
-            let peer_trusted = forwarded::is_trusted(conn.peer.ip(), &settings.trusted_proxies);
-            let proto = if conn.tls { "https" } else { "http" };
-            forwarded::set_forwarded(
-                &mut parts.headers,
-                &conn.peer_value,
-                peer_trusted,
-                proto,
-                host.as_ref(),
-            );
-            parts
-                .headers
-                .insert(settings.request_id_header.clone(), request_id.clone());
-            let traceparent = forwarded::next_traceparent(incoming_trace.as_ref());
-            parts.headers.insert(forwarded::TRACEPARENT.clone(), traceparent);
-            if settings.via {
-                parts.headers.append(forwarded::VIA.clone(), VIA_VALUE.clone());
-            }
             if te_trailers && upstream.protocol != Protocol::Http1 {
                 // The one TE value HTTP/2 allows; gRPC servers require it.
                 parts
