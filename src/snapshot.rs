@@ -133,11 +133,15 @@ pub fn strip_prefix<'a>(path: &'a str, prefix: &str) -> Cow<'a, str> {
 /// Builds the runtime. Errors name the field they belong to.
 pub fn compile(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let upstreams: HashMap<String, Arc<Upstream>> = cfg
-        .upstreams
-        .iter()
-        .map(|u| (u.name.clone(), Arc::new(Upstream::build(u))))
-        .collect();
+    let mut upstreams = HashMap::new();
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        match Upstream::build(u) {
+            Ok(up) => {
+                upstreams.insert(u.name.clone(), Arc::new(up));
+            }
+            Err((field, message)) => errors.push(FieldError::new(format!("upstreams[{i}].{field}"), message)),
+        }
+    }
     let global = GlobalPlugins::build(&cfg.plugins);
 
     let mut table_input = Vec::with_capacity(cfg.routes.len());

@@ -93,14 +93,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds from a validated config.
-    pub fn build(cfg: &UpstreamConfig) -> Upstream {
+    /// Builds from the config; errors (which validation reports first) name the field.
+    pub fn build(cfg: &UpstreamConfig) -> Result<Upstream, (String, String)> {
         let http2 = matches!(cfg.protocol, Protocol::Http2 | Protocol::Grpc);
+        if cfg.targets.is_empty() {
+            return Err(("targets".into(), "at least one target is needed".into()));
+        }
         let targets: Vec<Arc<Target>> = cfg
             .targets
             .iter()
-            .map(|t| {
-                let authority = parse_target_url(&t.url).expect("validated");
+            .enumerate()
+            .map(|(i, t)| {
+                let authority = parse_target_url(&t.url).map_err(|e| (format!("targets[{i}].url"), e))?;
                 let pool = Pool::new(
                     authority.clone(),
                     PoolConfig {
@@ -111,26 +115,28 @@ impl Upstream {
                         idle_timeout: cfg.keepalive.idle_timeout.0,
                     },
                 );
-                Arc::new(Target {
+                Ok(Arc::new(Target {
                     authority,
-                    weight: t.weight,
+                    weight: t.weight.max(1),
                     in_flight: AtomicUsize::new(0),
                     pool,
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<_, (String, String)>>()?;
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
         let hash_on = cfg
             .hash_on
             .as_deref()
-            .map(|h| HashOn::parse(h).expect("validated"));
-        Upstream {
+            .map(HashOn::parse)
+            .transpose()
+            .map_err(|e| ("hash_on".to_string(), e))?;
+        Ok(Upstream {
             name: cfg.name.clone(),
             balancer: Balancer::new(cfg.load_balancing, &weights, hash_on),
             targets,
             protocol: cfg.protocol,
             read_timeout: cfg.timeouts.read.0,
-        }
+        })
     }
 
     /// Picks a target and takes an in-flight slot on it.
