@@ -54,7 +54,9 @@ pub struct Pool {
     authority: Authority,
     cfg: PoolConfig,
     idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
-    shared_h2: tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>,
+    shared_h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Held while dialling HTTP/2, so concurrent first requests share one connection.
+    h2_dial: tokio::sync::Mutex<()>,
 }
 
 /// A connection held by one exchange until its response body is done.
@@ -69,7 +71,8 @@ impl Pool {
             authority,
             cfg,
             idle: Mutex::new(Vec::new()),
-            shared_h2: tokio::sync::Mutex::new(None),
+            shared_h2: Mutex::new(None),
+            h2_dial: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -166,10 +169,13 @@ impl Pool {
     }
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<RequestBody>, CallError> {
-        // Held across the dial so concurrent first requests share one connection.
-        let mut slot = self.shared_h2.lock().await;
-        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(s.clone());
+        if let Some(s) = self.open_h2() {
+            return Ok(s);
+        }
+        let _dialling = self.h2_dial.lock().await;
+        // Someone else may have dialled while we waited.
+        if let Some(s) = self.open_h2() {
+            return Ok(s);
         }
         let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -178,8 +184,13 @@ impl Pool {
             .await
             .map_err(CallError::Exchange)?;
         drive(conn);
-        *slot = Some(sender.clone());
+        *self.shared_h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
         Ok(sender)
+    }
+
+    fn open_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let slot = self.shared_h2.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 }
 
