@@ -374,6 +374,27 @@ mod tests {
         assert!(err.to_string().contains("version: is required"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Whatever the text, loading answers with a config or located errors, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "[ -~\n]{0,200}") {
+            let _ = load(&text);
+        }
+
+        /// Mutations of a valid config: same.
+        #[test]
+        fn mutated_configs_never_panic(cut in 0usize..8000, junk in "[ -~\n]{0,12}") {
+            let base = include_str!("../tests/fixtures/spec-full.yaml");
+            let cut = cut.min(base.len());
+            let cut = (0..=cut).rev().find(|c| base.is_char_boundary(*c)).unwrap_or(0);
+            let text = format!("{}{junk}{}", &base[..cut], &base[cut..]);
+            if let Ok(loaded) = load_str(&text, "m.yaml", &|_| Some("x".into())) {
+                let _ = crate::snapshot::compile(&loaded.config);
+            }
+        }
+    }
+
     #[test]
     fn json_is_accepted() {
         let ok = load(r#"{"version": 1, "routes": [{"name": "p", "match": {"paths": ["= /p"]}, "respond": {"body": "x"}}]}"#).unwrap();
