@@ -125,7 +125,7 @@ pub fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(reason) => {
-                    tracing::error!("{reason}");
+                    // One plain line, whatever the log format.
                     eprintln!("{reason}");
                     ExitCode::from(1)
                 }
