@@ -198,11 +198,20 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
         "consumers",
         "plugins",
     ];
+    let mut seen = std::collections::HashSet::new();
     for (k, _) in entries {
         let key = match &k.kind {
             NodeKind::Scalar { value, .. } => value.as_str(),
             _ => "?",
         };
+        if !seen.insert(key) {
+            errors.push(ConfigError {
+                line: Some(k.line),
+                path: key.to_string(),
+                message: format!("duplicate key `{key}`: the section is given twice"),
+            });
+            continue;
+        }
         if !SECTIONS.contains(&key) {
             let message = match de::did_you_mean(key, SECTIONS.iter().copied()) {
                 Some(s) => format!("unknown key `{key}` (did you mean `{s}`?)"),
@@ -393,6 +402,22 @@ mod tests {
                 let _ = crate::snapshot::compile(&loaded.config);
             }
         }
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors_at_every_level() {
+        let err = load("version: 1\nroutes: []\nroutes: []\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("test.yaml:3: routes: duplicate key `routes`"),
+            "{err}"
+        );
+        let err = load("version: 1\nroutes:\n  - name: a\n    name: b\n    respond: {}\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("test.yaml:4: routes[0].name: duplicate key `name`"),
+            "{err}"
+        );
     }
 
     #[test]

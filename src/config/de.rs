@@ -294,6 +294,18 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.kind {
             NodeKind::Map(entries) => {
+                // A repeated key would otherwise silently keep one of its values.
+                let mut seen = std::collections::HashSet::new();
+                for (k, _) in entries {
+                    if !seen.insert(key_text(k)) {
+                        let path = child_path(&self.path, key_text(k));
+                        return Err(DeError::at(
+                            &path,
+                            k.line,
+                            format!("duplicate key `{}`", key_text(k)),
+                        ));
+                    }
+                }
                 let access = MapAccess {
                     entries: entries.iter(),
                     value: None,
@@ -539,6 +551,17 @@ mod tests {
         let e = from_node::<Outer>(&n, "").unwrap_err();
         assert_eq!(e.path.as_deref(), Some("items[0].port"));
         assert_eq!(e.message, "is required");
+    }
+
+    #[test]
+    fn duplicate_map_keys_are_refused() {
+        let n = parse("a: {y: 1}\nb:\n  x: 1\n  x: 2\n").unwrap();
+        let e =
+            from_node::<std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>>(&n, "")
+                .unwrap_err();
+        assert_eq!(e.path.as_deref(), Some("b.x"));
+        assert_eq!(e.line, Some(4));
+        assert_eq!(e.message, "duplicate key `x`");
     }
 
     #[test]
