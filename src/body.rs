@@ -130,10 +130,6 @@ impl ResponseBody {
         ResponseBody::Full(Some(data.into()))
     }
 
-    pub fn empty() -> Self {
-        ResponseBody::Full(None)
-    }
-
     /// Streams an upstream body; each chunk must arrive within `read_timeout`
     /// and the whole body before `deadline`.
     pub fn upstream(inner: Incoming, deadline: Instant, read_timeout: Duration, in_flight: InFlight) -> Self {

@@ -553,11 +553,6 @@ impl RouteTable {
             _ => Vec::new(),
         }
     }
-
-    /// The pattern that matched, for diagnostics.
-    pub fn pattern(&self, m: &Match) -> &PathPattern {
-        &self.entries[m.entry as usize].pattern
-    }
 }
 
 struct Best {

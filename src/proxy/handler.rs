@@ -281,16 +281,16 @@ async fn forward(
                 GatewayError::PayloadTooLarge {
                     limit: route.max_body,
                 }
-            } else if find_cause::<std::io::Error>(&e)
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            {
-                // The upstream write timeout.
-                GatewayError::GatewayTimeout
             } else if caused_by::<ClientBodyError>(&e) {
                 GatewayError::BadRequest {
                     detail: "the request body is malformed or was cut off",
                     close: true,
                 }
+            } else if find_cause::<std::io::Error>(&e)
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                // The upstream write timeout.
+                GatewayError::GatewayTimeout
             } else {
                 GatewayError::UpstreamProtocol(format!("{}: {e:?}", target.authority))
             });
