@@ -260,3 +260,103 @@ async fn random_and_mutated_requests_never_take_the_gateway_down() {
     let logs = gw.logs.lock().unwrap().join("\n");
     assert!(!logs.contains("panicked"), "{logs}");
 }
+
+/// One HTTP/2 frame: 9-byte header, then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// CVE-2023-44487: a client opening and resetting streams as fast as it can
+/// gets GOAWAY and a closed connection, and nothing reaches the upstream
+/// from the flood.
+#[tokio::test]
+async fn http2_rapid_reset_gets_goaway() {
+    let (gw, up) = setup().await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    // HPACK, static table: :method GET, :scheme http, :path /delay/1000, :authority x.
+    let mut block = vec![0x82, 0x86, 0x44, 11];
+    block.extend_from_slice(b"/delay/1000");
+    block.extend_from_slice(&[0x41, 1, b'x']);
+    for i in 0..2000u32 {
+        let stream = 1 + 2 * i;
+        out.extend(h2_frame(0x1, 0x5, stream, &block)); // HEADERS, END_STREAM | END_HEADERS
+        out.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM, CANCEL
+    }
+    let _ = s.write_all(&out).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    // Walk the frames the server sent, looking for GOAWAY (type 7).
+    let (mut at, mut goaway) = (0, false);
+    while at + 9 <= got.len() {
+        let len = (usize::from(got[at]) << 16) | (usize::from(got[at + 1]) << 8) | usize::from(got[at + 2]);
+        goaway |= got[at + 3] == 0x7;
+        at += 9 + len;
+    }
+    assert!(goaway, "no GOAWAY in {} bytes", got.len());
+    assert!(closed, "the connection stayed open");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        up.count() < 100,
+        "{} flood requests reached the upstream",
+        up.count()
+    );
+    assert_eq!(get(&gw.url("/after")).await.status, 200);
+}
+
+/// CVE-2024-27316 family: a header block that never ends (CONTINUATION
+/// after CONTINUATION) is cut off at the header-list limit, not buffered forever.
+#[tokio::test]
+async fn http2_continuation_flood_is_cut_off() {
+    let (gw, up) = setup().await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend(h2_frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84, 0x41, 1, b'x'])); // HEADERS without END_HEADERS
+    // Literal header fields, never indexed, 1 KiB values: valid HPACK, endless.
+    let mut field = vec![0x10, 5];
+    field.extend_from_slice(b"x-pad");
+    field.extend_from_slice(&[0x7f, 0x81, 0x07]); // value length 127 + 1 + 7*128 = 1024
+    field.extend(std::iter::repeat_n(b'a', 1024));
+    let writer = tokio::spawn(async move {
+        let _ = s.write_all(&out).await;
+        for _ in 0..2000 {
+            if s.write_all(&h2_frame(0x9, 0, 1, &field)).await.is_err() {
+                return s;
+            }
+        }
+        s
+    });
+    let mut s = tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("writer stuck")
+        .unwrap();
+    let mut buf = [0u8; 16384];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(_)) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        closed,
+        "2 MiB of CONTINUATION frames did not close the connection"
+    );
+    assert_eq!(up.count(), 0);
+    assert_eq!(get(&gw.url("/after")).await.status, 200);
+}
