@@ -112,6 +112,11 @@ async fn slow_headers_are_cut_off_but_idle_keepalive_is_kept() {
         took >= Duration::from_millis(400) && took < Duration::from_secs(2),
         "{took:?}"
     );
+    assert!(resp.starts_with("HTTP/1.1 408 Request Timeout"), "{resp}");
+    assert!(resp.contains("urn:portcullis:error:request-timeout"), "{resp}");
+    // A connection that never sends a byte gets the same answer.
+    let (resp, closed) = raw(gw.addr(), b"", Duration::from_secs(5)).await;
+    assert!(closed && resp.starts_with("HTTP/1.1 408"), "{resp}");
 
     // A keep-alive connection idle longer than header_read_timeout (but less
     // than idle_timeout) still serves its next request.

@@ -224,9 +224,51 @@ async fn serve_connection(
         _ = done.notified() => {}
         reason = watchdog(&tracker, header_timeout, idle_timeout) => {
             tracing::debug!(%peer, reason, "closing connection");
+            if reason == HEADER_TIMEOUT && !tracker.http2.load(Ordering::Relaxed) {
+                // Answer 408 (SPEC section 5) through the stream, then let hyper close.
+                let header = ctx.runtime.load().settings.request_id_header.clone();
+                *lock(&tracker.timeout_answer) = Some(request_timeout_answer(&header));
+                tracker.answer_pending.store(true, Ordering::Release);
+                if let Some(w) = lock(&tracker.reader).take() {
+                    w.wake();
+                }
+                if tokio::time::timeout(Duration::from_secs(1), done.notified()).await.is_ok() {
+                    return;
+                }
+            }
             conn_task.abort();
         }
     }
+}
+
+const HEADER_TIMEOUT: &str = "request header read timeout";
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The raw HTTP/1.1 408 problem+json answer for a head that never finished.
+fn request_timeout_answer(request_id_header: &http::HeaderName) -> Vec<u8> {
+    let id = super::forwarded::new_request_id();
+    let resp = crate::error::problem(
+        http::StatusCode::REQUEST_TIMEOUT,
+        "request-timeout",
+        "the request headers did not arrive in time",
+        &id,
+    );
+    let body = match resp.body() {
+        ResponseBody::Full(Some(b)) => b.clone(),
+        _ => Bytes::new(),
+    };
+    let mut out = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n{}: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        request_id_header,
+        id.to_str().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Connection activity, shared by the stream wrapper, the service and the watchdog.
@@ -244,6 +286,14 @@ struct Tracker {
     /// HTTP/2: frames between streams (PING, SETTINGS) are not request heads,
     /// so only the idle timeout applies between requests.
     http2: AtomicBool,
+    /// Set by the watchdog when a request head took too long: the 408 the
+    /// stream writes before it reports end of stream to hyper.
+    timeout_answer: std::sync::Mutex<Option<Vec<u8>>>,
+    /// `timeout_answer` is set: checked on every read, so an atomic, not the lock.
+    answer_pending: AtomicBool,
+    /// The reader's waker, kept while waiting between requests, so the
+    /// watchdog can make the stream write that answer.
+    reader: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 impl Tracker {
@@ -257,6 +307,9 @@ impl Tracker {
             head_pending: AtomicBool::new(false),
             conflicting_framing: AtomicBool::new(false),
             http2: AtomicBool::new(false),
+            timeout_answer: std::sync::Mutex::new(None),
+            answer_pending: AtomicBool::new(false),
+            reader: std::sync::Mutex::new(None),
         }
     }
 
@@ -289,7 +342,7 @@ async fn watchdog(t: &Tracker, header_timeout: Duration, idle_timeout: Duration)
             let head = t.head_started.load(Ordering::Relaxed);
             if head != 0 {
                 if now >= head + header_ms {
-                    return "request header read timeout";
+                    return HEADER_TIMEOUT;
                 }
                 head + header_ms
             } else {
@@ -457,12 +510,28 @@ impl AsyncRead for WatchedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.tracker.answer_pending.load(Ordering::Acquire) {
+            // The watchdog gave up on this request head: answer, then end the stream.
+            if let Some(answer) = lock(&this.tracker.timeout_answer).take() {
+                let _ = this.inner.try_write(&answer);
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let this = &mut *self;
-            this.tracker.on_read();
-            this.head.feed(&buf.filled()[before..], &this.tracker);
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.tracker.on_read();
+                this.head.feed(&buf.filled()[before..], &this.tracker);
+            }
+            Poll::Pending if this.tracker.in_flight.load(Ordering::Relaxed) == 0 => {
+                let mut reader = lock(&this.tracker.reader);
+                if !reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *reader = Some(cx.waker().clone());
+                }
+            }
+            _ => {}
         }
         r
     }
