@@ -3,5 +3,6 @@
 //! response phases), with the forwarding headers of `forwarded`.
 
 pub mod forwarded;
+pub mod framing;
 pub mod handler;
 pub mod server;

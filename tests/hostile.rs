@@ -360,3 +360,29 @@ async fn http2_continuation_flood_is_cut_off() {
     assert_eq!(up.count(), 0);
     assert_eq!(get(&gw.url("/after")).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_pipelined_cl_te_request_is_refused_too() {
+    let (gw, up) = setup().await;
+    let (resp, closed) = raw(
+        gw.addr(),
+        b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    let statuses: Vec<&str> = resp
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &resp[i..i + 12])
+        .collect();
+    assert_eq!(statuses, ["HTTP/1.1 200", "HTTP/1.1 400"], "{resp}");
+    assert!(closed);
+    let seen: Vec<String> = up
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.uri.clone())
+        .collect();
+    assert_eq!(seen, ["/first"]);
+}

@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::framing::FramingScanner;
 use super::handler::{ConnInfo, handle};
 use crate::body::{BoxError, ResponseBody};
 use crate::snapshot::RuntimeHandle;
@@ -186,13 +187,14 @@ async fn serve_connection(
     let io = TokioIo::new(WatchedStream {
         inner: stream,
         tracker: tracker.clone(),
-        head: HeadScanner::default(),
+        framing: FramingScanner::default(),
     });
     let info = Arc::new(ConnInfo::new(peer, false));
     let runtime = ctx.runtime.clone();
     let svc_tracker = tracker.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        if svc_tracker.conflicting_framing.swap(false, Ordering::Relaxed) {
+        let n = svc_tracker.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if svc_tracker.conflict_at.load(Ordering::Relaxed) == n {
             req.extensions_mut().insert(ConflictingFraming);
         }
         let guard = RequestGuard::start(svc_tracker.clone());
@@ -279,10 +281,11 @@ struct Tracker {
     /// When the first byte of a request head arrived while idle; 0 = none.
     head_started: AtomicU64,
     in_flight: AtomicU32,
-    /// A complete request head was read and its request has not started yet.
-    head_pending: AtomicBool,
-    /// That head carried both Content-Length and Transfer-Encoding.
-    conflicting_framing: AtomicBool,
+    /// Requests started on this connection.
+    requests: AtomicU64,
+    /// The number (1-based) of the first request whose head carried both
+    /// Content-Length and Transfer-Encoding; 0 = none.
+    conflict_at: AtomicU64,
     /// HTTP/2: frames between streams (PING, SETTINGS) are not request heads,
     /// so only the idle timeout applies between requests.
     http2: AtomicBool,
@@ -304,8 +307,8 @@ impl Tracker {
             last_activity: AtomicU64::new(1),
             head_started: AtomicU64::new(1),
             in_flight: AtomicU32::new(0),
-            head_pending: AtomicBool::new(false),
-            conflicting_framing: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            conflict_at: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             timeout_answer: std::sync::Mutex::new(None),
             answer_pending: AtomicBool::new(false),
@@ -365,7 +368,6 @@ impl RequestGuard {
     fn start(t: Arc<Tracker>) -> Self {
         t.in_flight.fetch_add(1, Ordering::Relaxed);
         t.head_started.store(0, Ordering::Relaxed);
-        t.head_pending.store(false, Ordering::Relaxed);
         RequestGuard(t)
     }
 }
@@ -406,102 +408,15 @@ impl Body for TrackedBody {
 }
 
 /// Marks a request whose head carried both `Content-Length` and
-/// `Transfer-Encoding`. hyper drops the Content-Length and frames by
-/// Transfer-Encoding, so the handler cannot see the conflict itself; SPEC
-/// section 8 wants such requests refused (400, connection closed).
+/// `Transfer-Encoding` (see [`super::framing`]); the handler refuses it.
 #[derive(Clone, Copy, Debug)]
 pub struct ConflictingFraming;
-
-/// Collects the bytes of an HTTP/1 request head, looking only for the
-/// framing headers. Bodies are never scanned: it only runs between requests.
-#[derive(Default)]
-struct HeadScanner {
-    buf: Vec<u8>,
-    /// Off for HTTP/2 connections and after a head too large to matter
-    /// (hyper refuses those itself).
-    disabled: bool,
-}
-
-/// Larger heads are refused by hyper (`max_buf_size`) anyway.
-const MAX_SCANNED_HEAD: usize = 1 << 20;
-
-impl HeadScanner {
-    fn feed(&mut self, data: &[u8], tracker: &Tracker) {
-        if self.disabled
-            || tracker.in_flight.load(Ordering::Relaxed) != 0
-            || tracker.head_pending.load(Ordering::Relaxed)
-        {
-            return;
-        }
-        if self.buf.is_empty() && data.starts_with(b"PRI * HTTP/2.0") {
-            self.disabled = true;
-            tracker.http2.store(true, Ordering::Relaxed);
-            // The preface counts as the start of the first request.
-            tracker.head_started.store(0, Ordering::Relaxed);
-            return;
-        }
-        // The usual case: a whole head in one read, scanned in place.
-        let head = if self.buf.is_empty() {
-            match memchr::memmem::find(data, b"\r\n\r\n") {
-                Some(end) => &data[..end],
-                None => {
-                    self.buf.extend_from_slice(data);
-                    return;
-                }
-            }
-        } else {
-            let start = self.buf.len().saturating_sub(3);
-            self.buf.extend_from_slice(data);
-            if self.buf.starts_with(b"PRI * HTTP/2.0") {
-                // The preface arrived in pieces.
-                self.disabled = true;
-                self.buf = Vec::new();
-                tracker.http2.store(true, Ordering::Relaxed);
-                tracker.head_started.store(0, Ordering::Relaxed);
-                return;
-            }
-            match memchr::memmem::find(&self.buf[start..], b"\r\n\r\n") {
-                Some(end) => &self.buf[..start + end],
-                None => {
-                    if self.buf.len() > MAX_SCANNED_HEAD {
-                        self.disabled = true;
-                        self.buf = Vec::new();
-                    }
-                    return;
-                }
-            }
-        };
-        if has_framing_conflict(head) {
-            tracker.conflicting_framing.store(true, Ordering::Relaxed);
-        }
-        tracker.head_pending.store(true, Ordering::Relaxed);
-        self.buf.clear();
-    }
-}
-
-/// Whether a request head has both a Content-Length and a Transfer-Encoding line.
-fn has_framing_conflict(head: &[u8]) -> bool {
-    let (mut cl, mut te) = (false, false);
-    for line in head.split(|b| *b == b'\n').skip(1) {
-        // Most lines start with neither letter: one byte decides.
-        match line.first().map(u8::to_ascii_lowercase) {
-            Some(b'c') => cl |= header_is(line, b"content-length"),
-            Some(b't') => te |= header_is(line, b"transfer-encoding"),
-            _ => {}
-        }
-    }
-    cl && te
-}
-
-fn header_is(line: &[u8], name: &[u8]) -> bool {
-    line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name)
-}
 
 /// A TCP stream that reports reads to its connection's [`Tracker`].
 struct WatchedStream {
     inner: TcpStream,
     tracker: Arc<Tracker>,
-    head: HeadScanner,
+    framing: FramingScanner,
 }
 
 impl AsyncRead for WatchedStream {
@@ -522,8 +437,19 @@ impl AsyncRead for WatchedStream {
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         match r {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let was_http2 = this.framing.is_http2();
+                if let Some(n) = this.framing.feed(&buf.filled()[before..]) {
+                    let _ =
+                        this.tracker
+                            .conflict_at
+                            .compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed);
+                }
+                if this.framing.is_http2() && !was_http2 {
+                    this.tracker.http2.store(true, Ordering::Relaxed);
+                    // The preface counts as the start of the first request.
+                    this.tracker.head_started.store(0, Ordering::Relaxed);
+                }
                 this.tracker.on_read();
-                this.head.feed(&buf.filled()[before..], &this.tracker);
             }
             Poll::Pending if this.tracker.in_flight.load(Ordering::Relaxed) == 0 => {
                 let mut reader = lock(&this.tracker.reader);
