@@ -107,11 +107,15 @@ async fn process(
 
     // Request hygiene, before any plugin sees the headers: hop-by-hop
     // headers go, and the headers the gateway sets replace the client's.
-    let client_ip = forwarded::client_ip(conn.peer.ip(), &parts.headers, &settings.trusted_proxies);
+    let peer_trusted = forwarded::is_trusted(conn.peer.ip(), &settings.trusted_proxies);
+    let client_ip = if peer_trusted {
+        forwarded::client_ip(conn.peer.ip(), &parts.headers, &settings.trusted_proxies)
+    } else {
+        conn.peer.ip()
+    };
     let te_trailers = forwarded::strip_hop_by_hop(&mut parts.headers);
     // Room for the headers set below, in one growth instead of several.
     parts.headers.reserve(6);
-    let peer_trusted = forwarded::is_trusted(conn.peer.ip(), &settings.trusted_proxies);
     let proto = if conn.tls { "https" } else { "http" };
     forwarded::set_forwarded(
         &mut parts.headers,
