@@ -164,7 +164,7 @@ impl FramingScanner {
     /// Returns the part before it (borrowed unless it spans reads) and what follows.
     fn take_until<'d>(&mut self, data: &'d [u8], delim: &[u8]) -> Option<(Cow<'d, [u8]>, &'d [u8])> {
         if self.buf.is_empty() {
-            if let Some(end) = memchr::memmem::find(data, delim) {
+            if let Some(end) = find(data, delim) {
                 return Some((Cow::Borrowed(&data[..end]), &data[end + delim.len()..]));
             }
             self.buf.extend_from_slice(data);
@@ -172,7 +172,7 @@ impl FramingScanner {
             let start = self.buf.len().saturating_sub(delim.len() - 1);
             let old = self.buf.len();
             self.buf.extend_from_slice(data);
-            if let Some(end) = memchr::memmem::find(&self.buf[start..], delim).map(|p| p + start) {
+            if let Some(end) = find(&self.buf[start..], delim).map(|p| p + start) {
                 let consumed = end + delim.len() - old;
                 let part = self.buf[..end].to_vec();
                 return Some((Cow::Owned(part), &data[consumed..]));
@@ -186,35 +186,55 @@ impl FramingScanner {
     }
 }
 
+/// Where `delim` (`\r\n` or `\r\n\r\n`) starts in `hay`. Jumps from
+/// line feed to line feed: no searcher to build for a few hundred bytes.
+fn find(hay: &[u8], delim: &[u8]) -> Option<usize> {
+    let back = delim.len() - 1;
+    memchr::memchr_iter(b'\n', hay)
+        .find(|&i| i >= back && hay[i - back..=i] == *delim)
+        .map(|i| i - back)
+}
+
+/// The value of `line` if it is the header `name` (case-insensitive).
+fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = line.get(name.len()..)?;
+    (line[..name.len()].eq_ignore_ascii_case(name) && rest.first() == Some(&b':'))
+        .then(|| rest[1..].trim_ascii())
+}
+
 fn framing_of(head: &[u8]) -> Framing {
     let (mut length, mut chunked, mut other_te, mut upgrade) = (None, false, false, false);
-    for line in head.split(|b| *b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+    // Skip the request line.
+    let mut start = memchr::memchr(b'\n', head).map_or(head.len(), |i| i + 1);
+    while start < head.len() {
+        let end = memchr::memchr(b'\n', &head[start..]).map_or(head.len(), |i| start + i);
+        let line = &head[start..end];
+        start = end + 1;
         // Most lines start with none of these letters: one byte decides.
-        match name.first().map(u8::to_ascii_lowercase) {
-            Some(b'c') if name.eq_ignore_ascii_case(b"content-length") => {
-                match std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                {
-                    Some(n) => length = Some(n),
-                    None => return Framing::Unknown,
+        match line.first().map(u8::to_ascii_lowercase) {
+            Some(b'c') => {
+                if let Some(value) = header_value(line, b"content-length") {
+                    match std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        Some(n) => length = Some(n),
+                        None => return Framing::Unknown,
+                    }
                 }
             }
-            Some(b't') if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                let last = value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
-                chunked = last.eq_ignore_ascii_case(b"chunked");
-                other_te |= !chunked;
+            Some(b't') => {
+                if let Some(value) = header_value(line, b"transfer-encoding") {
+                    let last = value
+                        .rsplit(|b| *b == b',')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii();
+                    chunked = last.eq_ignore_ascii_case(b"chunked");
+                    other_te |= !chunked;
+                }
             }
-            Some(b'u') if name.eq_ignore_ascii_case(b"upgrade") => upgrade = true,
+            Some(b'u') => upgrade |= header_value(line, b"upgrade").is_some(),
             _ => {}
         }
     }
