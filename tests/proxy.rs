@@ -36,8 +36,9 @@ async fn proxies_http1_and_h2c_on_one_port() {
     assert_eq!(r2.status, 200);
     assert_eq!(r2.json()["uri"], "/h2");
     assert_eq!(r2.json()["body_len"], 3);
-    // The upstream is HTTP/1.1 whatever the client spoke.
+    // The upstream is HTTP/1.1 whatever the client spoke, with the client's :authority as Host.
     assert_eq!(up.last().version, "HTTP/1.1");
+    assert_eq!(up.last().headers["host"], gw.addr().to_string().as_str());
     assert_eq!(up.count(), 2);
 }
 

@@ -51,8 +51,12 @@ static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 portcullis");
 
 pub async fn handle(rt: &Runtime, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     let settings = &rt.settings;
-    let request_id = match req.headers().get(&settings.request_id_header) {
-        Some(v) if settings.trust_request_id && forwarded::valid_request_id(v) => v.clone(),
+    let incoming = settings
+        .trust_request_id
+        .then(|| req.headers().get(&settings.request_id_header))
+        .flatten();
+    let request_id = match incoming {
+        Some(v) if forwarded::valid_request_id(v) => v.clone(),
         _ => forwarded::new_request_id(),
     };
     let mut resp = match process(rt, conn, req, &request_id).await {
@@ -242,9 +246,11 @@ async fn forward(
         Protocol::Http1 => {
             // Origin form (`/path?query`): the upstream never sees the client's absolute form.
             parts.uri = Uri::from(pq);
+            // An HTTP/1.1 client always sent Host (request_host checked);
+            // an HTTP/2 or HTTP/1.0 one may not have, and HTTP/1.1 upstreams need it.
+            let client_sent_host = parts.version == Version::HTTP_11 || parts.headers.contains_key(HOST);
             parts.version = Version::HTTP_11;
-            // An HTTP/2 client sends :authority, not Host; HTTP/1.1 needs Host.
-            if !parts.headers.contains_key(HOST) {
+            if !client_sent_host {
                 let value = host.unwrap_or_else(|| {
                     HeaderValue::from_str(target.authority.as_str())
                         .expect("an authority is a valid header value")
