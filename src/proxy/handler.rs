@@ -274,19 +274,18 @@ async fn forward(
     }
 
     let req = Request::from_parts(parts, RequestBody::new(body, route.max_body));
-    // One timer bounds the wait for the response head: the read timeout,
-    // within what is left of the route's deadline.
+    // The response head must come within the read timeout, and within what
+    // is left of the route's deadline.
     let head_deadline = deadline.min(Instant::now() + upstream.read_timeout);
-    let (resp, lease) = match tokio::time::timeout_at(head_deadline, target.pool.send(req)).await {
-        Err(_) => return Err(GatewayError::GatewayTimeout),
-        Ok(Err(CallError::ConnectTimeout)) => return Err(GatewayError::GatewayTimeout),
-        Ok(Err(CallError::Connect(e))) => {
+    let (resp, lease) = match target.pool.send(req, head_deadline).await {
+        Err(CallError::ConnectTimeout | CallError::HeadTimeout) => return Err(GatewayError::GatewayTimeout),
+        Err(CallError::Connect(e)) => {
             return Err(GatewayError::UpstreamConnect(format!(
                 "{}: {e}",
                 target.authority
             )));
         }
-        Ok(Err(CallError::Exchange(e))) => {
+        Err(CallError::Exchange(e)) => {
             return Err(if caused_by::<BodyTooLarge>(&e) {
                 GatewayError::PayloadTooLarge {
                     limit: route.max_body,
@@ -305,7 +304,7 @@ async fn forward(
                 GatewayError::UpstreamProtocol(format!("{}: {e:?}", target.authority))
             });
         }
-        Ok(Ok(ok)) => ok,
+        Ok(ok) => ok,
     };
     in_flight.hold(lease);
     let (mut resp_parts, resp_body) = resp.into_parts();

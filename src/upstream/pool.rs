@@ -12,7 +12,8 @@
 //! of it may have reached the upstream it is never retried here.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -37,6 +38,8 @@ pub enum CallError {
     Connect(std::io::Error),
     /// Connecting took longer than the connect timeout: never sent.
     ConnectTimeout,
+    /// No response head before the deadline (the request may have been processed).
+    HeadTimeout,
     /// The exchange failed after the request may have been (partly) sent.
     Exchange(hyper::Error),
 }
@@ -53,7 +56,7 @@ pub struct PoolConfig {
 pub struct Pool {
     authority: Authority,
     cfg: PoolConfig,
-    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
+    idle: Mutex<Vec<(H1Conn, Instant)>>,
     shared_h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// Held while dialling HTTP/2, so concurrent first requests share one connection.
     h2_dial: tokio::sync::Mutex<()>,
@@ -61,8 +64,40 @@ pub struct Pool {
 
 /// A connection held by one exchange until its response body is done.
 pub enum Lease {
-    Http1(http1::SendRequest<RequestBody>),
+    Http1(H1Conn),
     Http2,
+}
+
+/// An HTTP/1.1 connection: its sender, and the deadline its reader enforces.
+pub struct H1Conn {
+    sender: http1::SendRequest<RequestBody>,
+    head_deadline: Arc<HeadDeadline>,
+}
+
+/// The response-head deadline of the exchange on one HTTP/1.1 connection,
+/// set by the request and enforced by the connection's reader
+/// ([`UpstreamIo`]). One timer per connection, pushed later request after
+/// request (a lock-free update in tokio), instead of a timer per request.
+#[derive(Default)]
+struct HeadDeadline {
+    /// Milliseconds since [`epoch`] (+1); 0 = no exchange waiting for a head.
+    at: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl HeadDeadline {
+    fn set(&self, at: Instant) {
+        let ms = at.saturating_duration_since(epoch()).as_millis() as u64 + 1;
+        self.at.store(ms, Ordering::Release);
+    }
+
+    fn clear(&self) {
+        self.at.store(0, Ordering::Release);
+    }
 }
 
 impl Pool {
@@ -77,20 +112,34 @@ impl Pool {
     }
 
     /// Sends `req`; on success also returns the connection's lease.
-    pub async fn send(&self, req: Request<RequestBody>) -> Result<(Response<Incoming>, Lease), CallError> {
+    /// Sends `req`; its response head must arrive before `head_deadline`.
+    pub async fn send(
+        &self,
+        req: Request<RequestBody>,
+        head_deadline: Instant,
+    ) -> Result<(Response<Incoming>, Lease), CallError> {
         if self.cfg.http2 {
-            let mut sender = self.h2_sender().await?;
-            return match sender.send_request(req).await {
-                Ok(resp) => Ok((resp, Lease::Http2)),
-                Err(e) => Err(CallError::Exchange(e)),
+            // Streams share the connection: each keeps its own timer.
+            let exchange = async {
+                let mut sender = self.h2_sender().await?;
+                sender.send_request(req).await.map_err(CallError::Exchange)
+            };
+            return match tokio::time::timeout_at(head_deadline, exchange).await {
+                Ok(Ok(resp)) => Ok((resp, Lease::Http2)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(CallError::HeadTimeout),
             };
         }
         let mut req = req;
         loop {
-            let (mut sender, fresh) = match self.checkout() {
-                Some(s) => (s, false),
+            let (conn, fresh) = match self.checkout() {
+                Some(c) => (c, false),
                 None => (self.dial_h1().await?, true),
             };
+            let H1Conn {
+                mut sender,
+                head_deadline: deadline,
+            } = conn;
             if sender.ready().await.is_err() {
                 if fresh {
                     return Err(CallError::Connect(std::io::Error::other(
@@ -99,8 +148,19 @@ impl Pool {
                 }
                 continue;
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Lease::Http1(sender))),
+            deadline.set(head_deadline);
+            let sent = sender.try_send_request(req).await;
+            deadline.clear();
+            match sent {
+                Ok(resp) => {
+                    return Ok((
+                        resp,
+                        Lease::Http1(H1Conn {
+                            sender,
+                            head_deadline: deadline,
+                        }),
+                    ));
+                }
                 Err(mut e) => match e.take_message() {
                     // Never written to the wire: safe to send on another connection.
                     Some(unsent) if !fresh => req = unsent,
@@ -112,22 +172,22 @@ impl Pool {
 
     /// Puts a connection back after its response was read to the end.
     pub fn release(&self, lease: Lease) {
-        if let Lease::Http1(sender) = lease {
-            if sender.is_closed() {
+        if let Lease::Http1(conn) = lease {
+            if conn.sender.is_closed() {
                 return;
             }
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < self.cfg.max_idle {
-                idle.push((sender, Instant::now()));
+                idle.push((conn, Instant::now()));
             }
         }
     }
 
-    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn checkout(&self) -> Option<H1Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < self.cfg.idle_timeout {
-                return Some(sender);
+        while let Some((conn, since)) = idle.pop() {
+            if !conn.sender.is_closed() && since.elapsed() < self.cfg.idle_timeout {
+                return Some(conn);
             }
         }
         None
@@ -152,20 +212,29 @@ impl Pool {
         };
         let _ = stream.set_nodelay(true);
         Ok(UpstreamIo {
+            head_deadline: None,
+            head_timer: None,
+            armed: 0,
             inner: stream,
             write_timeout: self.cfg.write_timeout,
             write_timer: None,
         })
     }
 
-    async fn dial_h1(&self) -> Result<http1::SendRequest<RequestBody>, CallError> {
-        let io = TokioIo::new(self.connect().await?);
+    async fn dial_h1(&self) -> Result<H1Conn, CallError> {
+        let head_deadline = Arc::new(HeadDeadline::default());
+        let mut io = self.connect().await?;
+        io.head_deadline = Some(head_deadline.clone());
+        let io = TokioIo::new(io);
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(CallError::Exchange)?;
         drive(conn);
-        Ok(sender)
+        Ok(H1Conn {
+            sender,
+            head_deadline,
+        })
     }
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<RequestBody>, CallError> {
@@ -209,6 +278,12 @@ fn drive(conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
 /// so the usual path costs nothing.
 struct UpstreamIo {
     inner: TcpStream,
+    /// HTTP/1.1 only: the deadline for the response head of the exchange in
+    /// flight, enforced here with one timer for the connection's life.
+    head_deadline: Option<Arc<HeadDeadline>>,
+    head_timer: Option<Pin<Box<Sleep>>>,
+    /// The deadline `head_timer` is set to (same encoding as `HeadDeadline::at`).
+    armed: u64,
     write_timeout: Duration,
     write_timer: Option<Pin<Box<Sleep>>>,
 }
@@ -243,7 +318,40 @@ impl AsyncRead for UpstreamIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if r.is_pending() {
+            let at = this
+                .head_deadline
+                .as_ref()
+                .map_or(0, |d| d.at.load(Ordering::Acquire));
+            if at != 0 {
+                let fired = match this.head_timer.as_mut() {
+                    // Armed for this deadline, with this task's waker: only its state matters.
+                    Some(t) if this.armed == at => t.is_elapsed(),
+                    armed => {
+                        let when = epoch() + Duration::from_millis(at - 1);
+                        let timer = match armed {
+                            Some(t) => {
+                                // Later than before: tokio extends it without touching the wheel.
+                                t.as_mut().reset(when);
+                                t
+                            }
+                            None => this.head_timer.insert(Box::pin(tokio::time::sleep_until(when))),
+                        };
+                        this.armed = at;
+                        timer.as_mut().poll(cx).is_ready()
+                    }
+                };
+                if fired {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no response head from the upstream in time",
+                    )));
+                }
+            }
+        }
+        r
     }
 }
 
