@@ -159,6 +159,15 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
+    #[test]
+    fn only_unsent_upstream_failures_are_retryable() {
+        assert!(GatewayError::UpstreamConnect("refused".into()).is_retryable());
+        assert!(!GatewayError::UpstreamProtocol("reset".into()).is_retryable());
+        assert!(!GatewayError::GatewayTimeout.is_retryable());
+        assert_eq!(GatewayError::GatewayTimeout.side(), Side::Upstream);
+        assert_eq!(GatewayError::RouteNotFound.side(), Side::Downstream);
+    }
+
     #[tokio::test]
     async fn problem_json_shape() {
         let id = HeaderValue::from_static("abc");
