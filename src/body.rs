@@ -8,6 +8,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -61,13 +63,16 @@ impl std::error::Error for ClientBodyError {
 pub struct RequestBody {
     inner: Incoming,
     remaining: u64,
+    /// Counts the bytes sent, for the access log.
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    pub fn new(inner: Incoming, limit: u64, counter: Option<Arc<AtomicU64>>) -> Self {
         RequestBody {
             inner,
             remaining: limit,
+            counter,
         }
     }
 }
@@ -89,6 +94,9 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     self.remaining -= len;
+                    if let Some(c) = &self.counter {
+                        c.fetch_add(len, Ordering::Relaxed);
+                    }
                 }
                 Some(Ok(frame))
             }

@@ -32,6 +32,10 @@ enum Command {
         /// Worker threads (default: one per CPU core).
         #[arg(long)]
         workers: Option<usize>,
+        /// Do not reload when the config file changes (SIGHUP and the admin
+        /// API still reload it).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Check a config file: exit 0 if valid, 1 with every error listed.
     Validate {
@@ -93,10 +97,17 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run { config, workers } => {
+        Command::Run {
+            config,
+            workers,
+            no_watch,
+        } => {
             init_logging(cli.log_format, &cli.log_level);
-            let (loaded, runtime) = match crate::snapshot::load(&config) {
-                Ok(ok) => ok,
+            let startup = match crate::Startup::load(config) {
+                Ok(mut ok) => {
+                    ok.watch = !no_watch;
+                    ok
+                }
                 Err(errors) => {
                     eprintln!("{errors}");
                     return ExitCode::from(1);
@@ -119,7 +130,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(crate::run(&loaded.config, runtime, shutdown_signal())) {
+            match rt.block_on(crate::run(startup, shutdown_signal())) {
                 Ok(()) => {
                     tracing::info!("stopped");
                     ExitCode::SUCCESS

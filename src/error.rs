@@ -140,13 +140,27 @@ pub fn problem(
     detail: &str,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    let body = serde_json::json!({
+    problem_with(status, slug, detail, request_id, serde_json::Map::new())
+}
+
+/// A problem+json response with extension members (RFC 9457 section 3.2).
+pub fn problem_with(
+    status: StatusCode,
+    slug: &str,
+    detail: &str,
+    request_id: &HeaderValue,
+    extensions: serde_json::Map<String, serde_json::Value>,
+) -> Response<ResponseBody> {
+    let mut body = serde_json::json!({
         "type": format!("urn:portcullis:error:{slug}"),
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail,
         "request_id": request_id.to_str().unwrap_or_default(),
     });
+    if let Some(obj) = body.as_object_mut() {
+        obj.extend(extensions);
+    }
     let mut resp = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut()

@@ -11,29 +11,62 @@
 //! - [`plugins`]: the phase-ordered plugin pipeline and the plugins.
 //! - [`upstream`]: targets, load balancing and connection pools.
 //! - [`error`]: every gateway-made error and its problem+json answer.
+//! - [`control`]: the control plane: reloads (file, `SIGHUP`, admin API)
+//!   swapped in atomically, and the admin API.
+//! - [`telemetry`]: Prometheus metrics and the access log.
 
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-/// Binds the listeners of `config` and serves `runtime` until `shutdown`
-/// resolves, then drains for `server.shutdown_timeout`.
-pub async fn run(
-    config: &config::Config,
-    runtime: snapshot::Runtime,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+/// A config file read, validated and compiled: what `run` starts from.
+pub struct Startup {
+    pub file: PathBuf,
+    /// Reload when the file changes on disk.
+    pub watch: bool,
+    pub state: control::State,
+    pub runtime: snapshot::Runtime,
+}
+
+impl Startup {
+    pub fn load(file: PathBuf) -> Result<Startup, config::ConfigErrors> {
+        let text = config::read_file(&file)?;
+        let source = file.display().to_string();
+        let raw = config::parse_document(&text, &source)?;
+        let loaded = config::load_document(&raw, &source, &|n| std::env::var(n).ok())?;
+        let runtime = snapshot::compile(&loaded.config, None).map_err(|e| loaded.locate(e))?;
+        Ok(Startup {
+            file,
+            watch: true,
+            state: control::State {
+                raw,
+                loaded,
+                version: control::version_of(&text),
+            },
+            runtime,
+        })
+    }
+}
+
+/// Binds the listeners (and the admin API) of the config and serves until
+/// `shutdown` resolves, then drains for `server.shutdown_timeout`. The
+/// config file is watched, and reloaded on `SIGHUP`.
+pub async fn run(startup: Startup, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let config = &startup.state.loaded.config;
     let specs: Vec<_> = config
         .server
         .listeners
@@ -47,16 +80,49 @@ pub async fn run(
         })
         .collect();
     let listeners = proxy::server::bind(&specs).await?;
+    let admin_listener = match &config.admin {
+        Some(admin) => Some(control::admin::bind(admin.address).await?),
+        None => None,
+    };
     for l in &listeners {
         let address = l.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listener = %l.name, address = %address, "listening");
     }
+    if let Some(l) = &admin_listener {
+        let address = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(address = %address, "admin API listening");
+        if config
+            .admin
+            .as_ref()
+            .and_then(|a| a.token.as_deref())
+            .is_none_or(str::is_empty)
+        {
+            tracing::warn!(
+                "admin.token is not set: the admin API answers 401 to everything but /healthz and /readyz"
+            );
+        }
+    }
     tracing::info!(
-        routes = runtime.routes.len(),
-        upstreams = runtime.upstreams.len(),
+        routes = startup.runtime.routes.len(),
+        upstreams = startup.runtime.upstreams.len(),
         "config loaded"
     );
-    let handle = Arc::new(ArcSwap::from_pointee(runtime));
-    proxy::server::serve(listeners, handle, shutdown, config.server.shutdown_timeout.0).await;
+    telemetry::on_runtime(&startup.runtime);
+    let handle = Arc::new(ArcSwap::from_pointee(startup.runtime));
+    let control = Arc::new(control::Control::new(
+        handle.clone(),
+        startup.state,
+        Some(startup.file.clone()),
+    ));
+    control::watch::spawn_sighup(control.clone());
+    let _watcher = startup
+        .watch
+        .then(|| control::watch::spawn_file_watch(control.clone(), &startup.file));
+    let (stop_admin, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(l) = admin_listener {
+        tokio::spawn(control::admin::serve(l, control.clone(), stop_rx));
+    }
+    proxy::server::serve(listeners, handle, shutdown).await;
+    let _ = stop_admin.send(true);
     Ok(())
 }

@@ -13,9 +13,12 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::config::{Cidr, Config, FieldError, LimitsConfig};
 use crate::plugins::{Consumer, GlobalPlugins, Pipeline};
 use crate::router::{Conditions, PathPattern, RouteTable};
+use crate::telemetry::access_log::AccessLog;
 use crate::upstream::Upstream;
 
 /// The runtime in force; swapped whole on reload.
@@ -39,14 +42,30 @@ pub struct Settings {
     pub request_id_header: HeaderName,
     pub trust_request_id: bool,
     pub via: bool,
+    /// `server.access_log`, when enabled.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// `server.metrics_path`: metrics on the data listeners too.
+    pub metrics_path: Option<String>,
+    pub shutdown_timeout: Duration,
 }
 
 pub struct Route {
-    pub name: String,
+    pub name: Arc<str>,
+    /// `portcullis_request_duration_seconds{route}`.
+    pub duration: Histogram,
     pub action: Action,
     pub max_body: u64,
     pub timeout: Duration,
     pub pipeline: Pipeline,
+}
+
+impl Route {
+    pub fn upstream_name(&self) -> Option<Arc<str>> {
+        match &self.action {
+            Action::Proxy { upstream, .. } => Some(upstream.name.clone()),
+            Action::Respond { .. } => None,
+        }
+    }
 }
 
 pub enum Action {
@@ -130,12 +149,15 @@ pub fn strip_prefix<'a>(path: &'a str, prefix: &str) -> Cow<'a, str> {
     }
 }
 
-/// Builds the runtime. Errors name the field they belong to.
-pub fn compile(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
+/// Builds the runtime. Errors name the field they belong to. `previous` is
+/// the runtime this one replaces: unchanged upstream targets are carried
+/// over with their connection pools.
+pub fn compile(cfg: &Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut upstreams = HashMap::new();
     for (i, u) in cfg.upstreams.iter().enumerate() {
-        match Upstream::build(u) {
+        let old = previous.and_then(|p| p.upstreams.get(&u.name)).map(|u| &**u);
+        match Upstream::build(u, old) {
             Ok(up) => {
                 upstreams.insert(u.name.clone(), Arc::new(up));
             }
@@ -222,8 +244,10 @@ pub fn compile(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
                 priority: r.priority,
             },
         ));
+        let name: Arc<str> = r.name.as_str().into();
         routes.push(Route {
-            name: r.name.clone(),
+            duration: crate::telemetry::metrics().route_duration(&name),
+            name,
             action,
             max_body: r
                 .max_request_body_bytes
@@ -240,12 +264,27 @@ pub fn compile(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
                 let idx = cfg
                     .routes
                     .iter()
-                    .position(|r| r.name == routes[route].name)
+                    .position(|r| *r.name == *routes[route].name)
                     .unwrap_or(route);
                 errors.push(FieldError::new(format!("routes[{idx}]"), msg));
             }
             None
         }
+    };
+    let access_log = match cfg.server.access_log.as_ref().filter(|a| a.enabled) {
+        None => None,
+        // The same destination keeps its writer (and its queue) across reloads.
+        Some(a) => match previous.and_then(|p| p.settings.access_log.as_ref()) {
+            Some(old) if old.path == a.path => Some(old.clone()),
+            _ if !errors.is_empty() => None,
+            _ => match AccessLog::open(&a.path) {
+                Ok(log) => Some(Arc::new(log)),
+                Err(e) => {
+                    errors.push(FieldError::new("server.access_log.path", e));
+                    None
+                }
+            },
+        },
     };
     match table {
         Some(table) if errors.is_empty() => Ok(Runtime {
@@ -256,6 +295,9 @@ pub fn compile(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
                     .unwrap_or(HeaderName::from_static("x-request-id")),
                 trust_request_id: cfg.server.request_id.trust_incoming,
                 via: cfg.server.via,
+                access_log,
+                metrics_path: cfg.server.metrics_path.clone(),
+                shutdown_timeout: cfg.server.shutdown_timeout.0,
             },
             table,
             routes,
@@ -274,7 +316,7 @@ pub fn compile(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
 /// `portcullis validate` and every (re)load.
 pub fn load(path: &std::path::Path) -> Result<(crate::config::Loaded, Runtime), crate::config::ConfigErrors> {
     let loaded = crate::config::load_file(path)?;
-    let runtime = compile(&loaded.config).map_err(|e| loaded.locate(e))?;
+    let runtime = compile(&loaded.config, None).map_err(|e| loaded.locate(e))?;
     Ok((loaded, runtime))
 }
 
@@ -304,7 +346,7 @@ mod tests {
     fn rewrite_captures_must_exist() {
         let text = "version: 1\nupstreams: [{name: u, targets: [{url: 'http://127.0.0.1:1'}]}]\nroutes:\n  - name: r\n    match: {paths: ['/users/{id}', /people]}\n    upstream: u\n    rewrite: /u/{id}\n";
         let loaded = crate::config::load_str(text, "t.yaml", &|_| None).unwrap();
-        let errs = compile(&loaded.config).err().unwrap();
+        let errs = compile(&loaded.config, None).err().unwrap();
         let located = loaded.locate(errs).to_string();
         assert!(
             located.contains("t.yaml:7: routes[0].rewrite: `{id}` is not captured"),

@@ -47,6 +47,8 @@ pub fn parse_target_url(url: &str) -> Result<Authority, String> {
 /// One backend instance. Lives as long as any request using it.
 pub struct Target {
     pub authority: Authority,
+    /// `host:port`, the `target` metric label.
+    pub label: Arc<str>,
     pub weight: u32,
     in_flight: AtomicUsize,
     pub pool: Pool,
@@ -85,7 +87,9 @@ impl Drop for InFlight {
 }
 
 pub struct Upstream {
-    pub name: String,
+    pub name: Arc<str>,
+    /// `portcullis_upstream_duration_seconds{upstream}`.
+    pub duration: prometheus_client::metrics::histogram::Histogram,
     pub targets: Vec<Arc<Target>>,
     balancer: Balancer,
     pub protocol: Protocol,
@@ -93,8 +97,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds from the config; errors (which validation reports first) name the field.
-    pub fn build(cfg: &UpstreamConfig) -> Result<Upstream, (String, String)> {
+    /// Builds from the config; errors (which validation reports first) name
+    /// the field. A target of `previous` (the same upstream in the config
+    /// being replaced) that is unchanged is kept as it is, with its pool of
+    /// open connections and its counters: a reload causes no reconnect storm.
+    pub fn build(cfg: &UpstreamConfig, previous: Option<&Upstream>) -> Result<Upstream, (String, String)> {
         let http2 = matches!(cfg.protocol, Protocol::Http2 | Protocol::Grpc);
         if cfg.targets.is_empty() {
             return Err(("targets".into(), "at least one target is needed".into()));
@@ -105,21 +112,28 @@ impl Upstream {
             .enumerate()
             .map(|(i, t)| {
                 let authority = parse_target_url(&t.url).map_err(|e| (format!("targets[{i}].url"), e))?;
-                let pool = Pool::new(
-                    authority.clone(),
-                    PoolConfig {
-                        http2,
-                        connect_timeout: cfg.timeouts.connect.0,
-                        write_timeout: cfg.timeouts.write.0,
-                        max_idle: cfg.keepalive.max_idle_per_target,
-                        idle_timeout: cfg.keepalive.idle_timeout.0,
-                    },
-                );
+                let pool_cfg = PoolConfig {
+                    http2,
+                    connect_timeout: cfg.timeouts.connect.0,
+                    write_timeout: cfg.timeouts.write.0,
+                    max_idle: cfg.keepalive.max_idle_per_target,
+                    idle_timeout: cfg.keepalive.idle_timeout.0,
+                };
+                let weight = t.weight.max(1);
+                let kept = previous.and_then(|p| {
+                    p.targets.iter().find(|old| {
+                        old.authority == authority && old.weight == weight && *old.pool.config() == pool_cfg
+                    })
+                });
+                if let Some(old) = kept {
+                    return Ok(old.clone());
+                }
                 Ok(Arc::new(Target {
+                    pool: Pool::new(authority.clone(), pool_cfg),
+                    label: authority.as_str().into(),
                     authority,
-                    weight: t.weight.max(1),
+                    weight,
                     in_flight: AtomicUsize::new(0),
-                    pool,
                 }))
             })
             .collect::<Result<_, (String, String)>>()?;
@@ -130,8 +144,10 @@ impl Upstream {
             .map(HashOn::parse)
             .transpose()
             .map_err(|e| ("hash_on".to_string(), e))?;
+        let name: Arc<str> = cfg.name.as_str().into();
         Ok(Upstream {
-            name: cfg.name.clone(),
+            duration: crate::telemetry::metrics().upstream_duration(&name),
+            name,
             balancer: Balancer::new(cfg.load_balancing, &weights, hash_on),
             targets,
             protocol: cfg.protocol,

@@ -20,7 +20,7 @@ fn validate(yaml: &str) -> (i32, String, String) {
         ])
         .output()
         .unwrap();
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
     let p = path.display().to_string();
     (
         out.status.code().unwrap(),

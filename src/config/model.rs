@@ -84,7 +84,7 @@ fn default_shutdown_timeout() -> Duration {
     Duration::secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     #[serde(default)]
@@ -94,7 +94,7 @@ pub struct ListenerConfig {
     pub tls: Option<ListenerTlsConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
     pub certificates: Vec<CertificateConfig>,
@@ -104,7 +104,7 @@ pub struct ListenerTlsConfig {
     pub alpn: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     pub cert: String,
@@ -113,7 +113,7 @@ pub struct CertificateConfig {
     pub server_names: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuthConfig {
     pub ca: String,
@@ -195,7 +195,7 @@ fn default_service_name() -> String {
     "portcullis".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_address")]

@@ -41,14 +41,33 @@ impl Validator {
             );
         }
         self.server(&c.server);
-        if c.admin.is_some() {
-            self.err("admin", not_yet("the admin API is"));
+        if let Some(admin) = &c.admin {
+            let has_token = admin.token.as_deref().is_some_and(|t| !t.is_empty());
+            if !has_token && !admin.address.ip().is_loopback() {
+                self.err(
+                    "admin.token",
+                    format!(
+                        "a token is required for the admin API on the non-loopback address {}",
+                        admin.address
+                    ),
+                );
+            }
         }
         if c.redis.is_some() {
             self.err("redis", not_yet("redis is"));
         }
-        for (i, _) in c.consumers.iter().enumerate() {
-            self.err(format!("consumers[{i}]"), not_yet("consumers are"));
+        let mut consumer_names = HashSet::new();
+        for (i, consumer) in c.consumers.iter().enumerate() {
+            let p = format!("consumers[{i}]");
+            if consumer.name.is_empty() {
+                self.err(format!("{p}.name"), "must not be empty");
+            } else if !consumer_names.insert(consumer.name.as_str()) {
+                self.err(
+                    format!("{p}.name"),
+                    format!("duplicate consumer name `{}`", consumer.name),
+                );
+            }
+            self.plugins(&consumer.plugins, &format!("{p}.plugins"));
         }
         self.plugins(&c.plugins, "plugins");
 
@@ -126,14 +145,30 @@ impl Validator {
                 format!("`{}` is not a valid header name", s.request_id.header),
             );
         }
-        if s.access_log.as_ref().is_some_and(|a| a.enabled) {
-            self.err("server.access_log", not_yet("access logs are"));
+        if let Some(log) = s.access_log.as_ref().filter(|a| a.enabled) {
+            if log.format != "json" {
+                self.err(
+                    "server.access_log.format",
+                    format!(
+                        "unknown format `{}`; the access log is written as `json`",
+                        log.format
+                    ),
+                );
+            }
+            if log.path.is_empty() {
+                self.err("server.access_log.path", "must be `stdout` or a file path");
+            }
         }
         if s.tracing.as_ref().is_some_and(|t| t.otlp_endpoint.is_some()) {
             self.err("server.tracing.otlp_endpoint", not_yet("trace export is"));
         }
-        if s.metrics_path.is_some() {
-            self.err("server.metrics_path", not_yet("metrics are"));
+        if let Some(path) = &s.metrics_path
+            && (!path.starts_with('/') || path.contains(['?', '#', ' ']))
+        {
+            self.err(
+                "server.metrics_path",
+                format!("`{path}` is not a path (it must start with `/`)"),
+            );
         }
     }
 

@@ -26,6 +26,8 @@ use crate::plugins::{Flow, RequestCtx};
 use crate::router::path;
 use crate::router::{Lookup, RouteRequest};
 use crate::snapshot::{Action, Route, Runtime};
+use crate::telemetry::metrics::{Name, UpstreamRequestLabels};
+use crate::telemetry::{self, Exchange};
 use crate::upstream::CallError;
 use crate::upstream::{PickContext, Upstream};
 
@@ -49,7 +51,13 @@ impl ConnInfo {
 
 static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 portcullis");
 
-pub async fn handle(rt: &Runtime, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+/// Answers one request; `ex` records what happened for metrics and logs.
+pub async fn handle(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    ex: &mut Exchange,
+) -> Response<ResponseBody> {
     let settings = &rt.settings;
     let incoming = settings
         .trust_request_id
@@ -59,10 +67,15 @@ pub async fn handle(rt: &Runtime, conn: &ConnInfo, req: Request<Incoming>) -> Re
         Some(v) if forwarded::valid_request_id(v) => v.clone(),
         _ => forwarded::new_request_id(),
     };
-    let mut resp = match process(rt, conn, req, &request_id).await {
+    if let Some(log) = &mut ex.log {
+        log.request_id = request_id.clone();
+        log.client_ip = Some(conn.peer.ip());
+    }
+    let mut resp = match process(rt, conn, req, &request_id, ex).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(&request_id),
     };
+    ex.status = resp.status().as_u16();
     let headers = resp.headers_mut();
     headers.insert(settings.request_id_header.clone(), request_id);
     if settings.via {
@@ -76,6 +89,7 @@ async fn process(
     conn: &ConnInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let settings = &rt.settings;
     let (mut parts, body) = req.into_parts();
@@ -85,6 +99,15 @@ async fn process(
         return Err(GatewayError::HeadersTooLarge { limit });
     }
     let host = request_host(&parts)?;
+    if let Some(log) = &mut ex.log {
+        log.host = host.clone();
+    }
+    if let Some(metrics_path) = &settings.metrics_path
+        && parts.uri.path() == metrics_path
+        && parts.method == http::Method::GET
+    {
+        return Ok(metrics_response());
+    }
     let raw_path = parts.uri.path();
     // `None` when normalization changed nothing (the common case: no copy).
     let normalized = match path::normalize(raw_path).map_err(GatewayError::InvalidPath)? {
@@ -103,6 +126,7 @@ async fn process(
         Lookup::NotFound => return Err(GatewayError::RouteNotFound),
     };
     let route = &rt.routes[m.route];
+    ex.route = Some(m.route);
     if body.size_hint().lower() > route.max_body {
         return Err(GatewayError::PayloadTooLarge {
             limit: route.max_body,
@@ -132,6 +156,10 @@ async fn process(
         .headers
         .insert(settings.request_id_header.clone(), request_id.clone());
     let traceparent = forwarded::next_traceparent(parts.headers.get(&forwarded::TRACEPARENT));
+    if let Some(log) = &mut ex.log {
+        log.client_ip = Some(client_ip);
+        log.traceparent = Some(traceparent.clone());
+    }
     parts.headers.insert(forwarded::TRACEPARENT.clone(), traceparent);
     if settings.via {
         parts.headers.append(forwarded::VIA.clone(), VIA_VALUE.clone());
@@ -142,7 +170,11 @@ async fn process(
         client_ip,
         consumer: None,
     };
-    if let Flow::Respond(resp) = route.pipeline.on_request(&mut ctx, &mut parts).await? {
+    let flow = route.pipeline.on_request(&mut ctx, &mut parts).await;
+    if let (Some(log), Some(consumer)) = (&mut ex.log, &ctx.consumer) {
+        log.consumer = Some(consumer.name.as_str().into());
+    }
+    if let Flow::Respond(resp) = flow? {
         return Ok(*resp);
     }
 
@@ -178,7 +210,7 @@ async fn process(
                     .headers
                     .insert(http::header::TE, HeaderValue::from_static("trailers"));
             }
-            forward(route, upstream, &ctx, parts, pq, body, host, deadline).await?
+            forward(route, upstream, &ctx, parts, pq, body, host, deadline, ex).await?
         }
     };
     let (mut resp_parts, resp_body) = resp.into_parts();
@@ -236,12 +268,14 @@ async fn forward(
     body: Incoming,
     host: Option<HeaderValue>,
     deadline: Instant,
+    ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (target, mut in_flight) = upstream.pick(&PickContext {
         client_ip: ctx.client_ip,
         headers: &parts.headers,
         consumer: ctx.consumer.as_ref().map(|c| c.name.as_str()),
     });
+    ex.target = Some(target.clone());
     match upstream.protocol {
         Protocol::Http1 => {
             // Origin form (`/path?query`): the upstream never sees the client's absolute form.
@@ -273,11 +307,30 @@ async fn forward(
         }
     }
 
-    let req = Request::from_parts(parts, RequestBody::new(body, route.max_body));
+    let bytes_in = ex.log.as_ref().map(|l| l.bytes_in.clone());
+    let req = Request::from_parts(parts, RequestBody::new(body, route.max_body, bytes_in));
     // The response head must come within the read timeout, and within what
     // is left of the route's deadline.
-    let head_deadline = deadline.min(Instant::now() + upstream.read_timeout);
-    let (resp, lease) = match target.pool.send(req, head_deadline).await {
+    let sent = Instant::now();
+    let head_deadline = deadline.min(sent + upstream.read_timeout);
+    let result = target.pool.send(req, head_deadline).await;
+    let upstream_time = sent.elapsed();
+    ex.upstream_time = Some(upstream_time);
+    upstream.duration.observe(upstream_time.as_secs_f64());
+    let status = match &result {
+        Ok((resp, _)) => resp.status().as_u16(),
+        Err(CallError::ConnectTimeout | CallError::HeadTimeout) => 504,
+        Err(_) => 502,
+    };
+    telemetry::metrics()
+        .upstream_requests
+        .get_or_create(&UpstreamRequestLabels {
+            upstream: Name(upstream.name.clone()),
+            target: Name(target.label.clone()),
+            status,
+        })
+        .inc();
+    let (resp, lease) = match result {
         Err(CallError::ConnectTimeout | CallError::HeadTimeout) => return Err(GatewayError::GatewayTimeout),
         Err(CallError::Connect(e)) => {
             return Err(GatewayError::UpstreamConnect(format!(
@@ -311,6 +364,18 @@ async fn forward(
     let _ = forwarded::strip_hop_by_hop(&mut resp_parts.headers);
     let body = ResponseBody::upstream(resp_body, deadline, upstream.read_timeout, in_flight);
     Ok(Response::from_parts(resp_parts, body))
+}
+
+/// `server.metrics_path` on a data listener.
+fn metrics_response() -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(bytes::Bytes::from(
+        telemetry::metrics::encode(),
+    )));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(telemetry::metrics::CONTENT_TYPE),
+    );
+    resp
 }
 
 /// Refuses the request-smuggling shapes hyper lets through (SPEC section 8).

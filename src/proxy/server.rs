@@ -34,7 +34,8 @@ use tokio::time::Instant;
 use super::framing::FramingScanner;
 use super::handler::{ConnInfo, handle};
 use crate::body::{BoxError, ResponseBody};
-use crate::snapshot::RuntimeHandle;
+use crate::snapshot::{Runtime, RuntimeHandle};
+use crate::telemetry::Exchange;
 
 /// A bound listener, ready to serve.
 pub struct Listener {
@@ -73,13 +74,9 @@ pub async fn bind(specs: &[(String, SocketAddr)]) -> Result<Vec<Listener>, Strin
 }
 
 /// Serves until `shutdown` resolves, then drains connections for up to
-/// `drain_timeout` (requests in flight finish; idle connections close).
-pub async fn serve(
-    listeners: Vec<Listener>,
-    runtime: RuntimeHandle,
-    shutdown: impl Future<Output = ()>,
-    drain_timeout: Duration,
-) {
+/// `server.shutdown_timeout` of the config then in force (requests in flight
+/// finish; idle connections close).
+pub async fn serve(listeners: Vec<Listener>, runtime: RuntimeHandle, shutdown: impl Future<Output = ()>) {
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = Arc::new(ServerCtx {
@@ -97,6 +94,7 @@ pub async fn serve(
         )));
     }
     shutdown.await;
+    let drain_timeout = ctx.runtime.load().settings.shutdown_timeout;
     tracing::info!(
         connections = ctx.active.load(Ordering::Relaxed),
         "shutting down: no new connections, draining"
@@ -137,6 +135,7 @@ async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let connections = crate::telemetry::metrics().listener_connections(&l.name);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => return,
@@ -158,7 +157,14 @@ async fn accept_loop(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, peer, ctx.clone(), graceful.watcher()));
+        connections.inc();
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            ctx.clone(),
+            graceful.watcher(),
+            connections.clone(),
+        ));
     }
 }
 
@@ -167,14 +173,16 @@ async fn serve_connection(
     peer: SocketAddr,
     ctx: Arc<ServerCtx>,
     watcher: hyper_util::server::graceful::Watcher,
+    gauge: prometheus_client::metrics::gauge::Gauge,
 ) {
-    struct Active<'a>(&'a AtomicUsize);
+    struct Active<'a>(&'a AtomicUsize, prometheus_client::metrics::gauge::Gauge);
     impl Drop for Active<'_> {
         fn drop(&mut self) {
             self.0.fetch_sub(1, Ordering::Relaxed);
+            self.1.dec();
         }
     }
-    let _active = Active(&ctx.active);
+    let _active = Active(&ctx.active, gauge);
 
     let (header_timeout, idle_timeout) = {
         let rt = ctx.runtime.load();
@@ -203,10 +211,15 @@ async fn serve_connection(
         async move {
             // Each request reads the runtime once: a reload never changes it mid-request.
             let rt = runtime.load_full();
-            let resp = handle(&rt, &info, req).await;
+            let mut ex = Exchange::start(&rt, req.method(), req.uri());
+            let resp = handle(&rt, &info, req, &mut ex).await;
             Ok::<_, Infallible>(resp.map(|body| TrackedBody {
                 inner: body,
                 _guard: guard,
+                recorder: Recorder {
+                    exchange: Some((rt, ex)),
+                    bytes_out: 0,
+                },
             }))
         }
     });
@@ -379,10 +392,25 @@ impl Drop for RequestGuard {
     }
 }
 
+/// Records the exchange when the response body is done or dropped.
+struct Recorder {
+    exchange: Option<(Arc<Runtime>, Exchange)>,
+    bytes_out: u64,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some((rt, ex)) = self.exchange.take() {
+            ex.finish(&rt, self.bytes_out);
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     struct TrackedBody {
         #[pin]
         inner: ResponseBody,
+        recorder: Recorder,
         _guard: RequestGuard,
     }
 }
@@ -395,7 +423,14 @@ impl Body for TrackedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &frame
+            && let Some(data) = f.data_ref()
+        {
+            this.recorder.bytes_out += data.len() as u64;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

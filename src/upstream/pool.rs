@@ -44,6 +44,7 @@ pub enum CallError {
     Exchange(hyper::Error),
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
     pub http2: bool,
     pub connect_timeout: Duration,
@@ -101,6 +102,10 @@ impl HeadDeadline {
 }
 
 impl Pool {
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
     pub fn new(authority: Authority, cfg: PoolConfig) -> Pool {
         Pool {
             authority,

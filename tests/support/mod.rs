@@ -26,16 +26,26 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 pub struct Gateway {
     child: Option<Child>,
     pub addrs: Vec<SocketAddr>,
+    /// The admin API's address, when the config has an `admin` section.
+    pub admin: Option<SocketAddr>,
     pub config_path: std::path::PathBuf,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// Lines on stdout (the access log, by default).
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    /// Whether dropping this removes the config file's directory.
+    owns_config: bool,
 }
 
+/// Writes `yaml` to `config.yaml` in a directory of its own (the gateway
+/// watches the file's directory).
 pub fn write_config(yaml: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "portcullis-test-{}-{}.yaml",
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-test-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
 }
@@ -47,29 +57,54 @@ pub fn bin() -> &'static str {
 impl Gateway {
     /// Starts the gateway; listeners in `yaml` should use `127.0.0.1:0`.
     pub fn start(yaml: &str) -> Gateway {
-        let config_path = write_config(yaml);
+        Gateway::start_with(yaml, &[])
+    }
+
+    /// Starts the gateway with extra `run` arguments.
+    pub fn start_with(yaml: &str, args: &[&str]) -> Gateway {
+        let mut gw = Gateway::start_file(&write_config(yaml), args);
+        gw.owns_config = true;
+        gw
+    }
+
+    /// Starts the gateway on an existing config file (kept on drop).
+    pub fn start_file(config_path: &std::path::Path, args: &[&str]) -> Gateway {
         let mut child = Command::new(bin())
             .args(["run", "-c"])
-            .arg(&config_path)
+            .arg(config_path)
             .args(["--log-format", "json", "--log-level", "debug", "--workers", "2"])
-            .stdout(Stdio::null())
+            .args(args)
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start portcullis");
         let stderr = child.stderr.take().unwrap();
+        let stdout_pipe = child.stdout.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stdout2 = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout_pipe).lines() {
+                let Ok(line) = line else { break };
+                stdout2.lock().unwrap().push(line);
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let logs2 = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("\"listening\"") || line.contains("config loaded") {
+                if line.contains("\"listening\"")
+                    || line.contains("admin API listening")
+                    || line.contains("config loaded")
+                {
                     let _ = tx.send(line.clone());
                 }
                 logs2.lock().unwrap().push(line);
             }
         });
         let mut addrs = Vec::new();
+        let mut admin = None;
         loop {
             let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
                 panic!("gateway did not start; logs: {:?}", logs.lock().unwrap());
@@ -78,13 +113,21 @@ impl Gateway {
                 break;
             }
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            addrs.push(v["address"].as_str().unwrap().parse().unwrap());
+            let addr = v["address"].as_str().unwrap().parse().unwrap();
+            if line.contains("admin API listening") {
+                admin = Some(addr);
+            } else {
+                addrs.push(addr);
+            }
         }
         Gateway {
             child: Some(child),
             addrs,
-            config_path,
+            admin,
+            config_path: config_path.to_path_buf(),
             logs,
+            stdout,
+            owns_config: false,
         }
     }
 
@@ -96,18 +139,36 @@ impl Gateway {
         format!("http://{}{}", self.addr(), path)
     }
 
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{}",
+            self.admin.expect("the config has an admin section"),
+            path
+        )
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
+        self.signal("TERM");
+        self.child.take().unwrap().wait().unwrap()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`) to the process.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().unwrap();
         Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([&format!("-{name}"), &child.id().to_string()])
             .status()
             .unwrap();
-        child.wait().unwrap()
     }
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether a log line containing `needle` has been seen.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 }
 
@@ -117,7 +178,11 @@ impl Drop for Gateway {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_file(&self.config_path);
+        if self.owns_config
+            && let Some(dir) = self.config_path.parent()
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
