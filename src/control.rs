@@ -98,6 +98,24 @@ impl Control {
         self.state.lock().await
     }
 
+    /// Runs `f` with the state locked on the blocking pool: validating and
+    /// compiling a large config takes long enough to stall the requests that
+    /// share a worker thread with it.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Control, &mut State) -> T + Send + 'static,
+    ) -> T {
+        let this = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut state = this.state.blocking_lock();
+            f(&this, &mut state)
+        });
+        match task.await {
+            Ok(t) => t,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
     /// Whether admin changes are written back to the file
     /// (`admin.persist`, default on when the config came from a file).
     fn persist(&self, state: &State) -> bool {
@@ -113,27 +131,24 @@ impl Control {
 
     /// Re-reads the config file; `Ok(None)` when its text is the config
     /// already in force.
-    pub async fn reload_file(&self, origin: Origin) -> Result<Option<String>, ApplyError> {
+    pub fn reload_file(&self, state: &mut State, origin: Origin) -> Result<Option<String>, ApplyError> {
         let Some(path) = &self.file else {
             return Ok(None);
         };
         let text = config::read_file(path).map_err(|e| self.refused(origin, e))?;
         let version = version_of(&text);
-        let mut state = self.state.lock().await;
         if version == state.version {
             return Ok(None);
         }
         let source = path.display().to_string();
         let raw = config::parse_document(&text, &source).map_err(|e| self.refused(origin, e))?;
-        self.swap(&mut state, raw, version, &source, origin, None)
-            .map(Some)
+        self.swap(state, raw, version, &source, origin, None).map(Some)
     }
 
     /// Applies a new whole document (`PUT /config`).
-    pub async fn replace(&self, text: &str) -> Result<String, ApplyError> {
+    pub fn replace(&self, state: &mut State, text: &str) -> Result<String, ApplyError> {
         let raw = config::parse_document(text, "request body").map_err(|e| self.refused(Origin::Admin, e))?;
-        let mut state = self.state.lock().await;
-        self.apply_admin(&mut state, raw, "request body")
+        self.apply_admin(state, raw, "request body")
     }
 
     /// Validates a document without applying it (`POST /config/validate`).
@@ -193,7 +208,7 @@ impl Control {
         }
         let (routes, upstreams) = (runtime.routes.len(), runtime.upstreams.len());
         crate::telemetry::on_runtime(&runtime);
-        self.runtime.store(Arc::new(runtime));
+        let old = self.runtime.swap(Arc::new(runtime));
         self.admin.store(loaded.config.admin.clone().map(Arc::new));
         *state = State {
             raw,
@@ -201,12 +216,16 @@ impl Control {
             version: version.clone(),
         };
         crate::telemetry::metrics().config_reload(true);
+        let elapsed = started.elapsed();
+        // Usually the last reference: the old runtime is freed here, on the
+        // blocking pool, unless requests still run on it.
+        drop(old);
         tracing::info!(
             ?origin,
             version = %version,
             routes,
             upstreams,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
             "config reloaded"
         );
         Ok(version)

@@ -122,7 +122,11 @@ pub async fn run(startup: Startup, shutdown: impl Future<Output = ()>) -> Result
     if let Some(l) = admin_listener {
         tokio::spawn(control::admin::serve(l, control.clone(), stop_rx));
     }
-    proxy::server::serve(listeners, handle, shutdown).await;
+    proxy::server::serve(listeners, handle.clone(), shutdown).await;
     let _ = stop_admin.send(true);
+    // The last lines of the access log are written before the process exits.
+    if let Some(log) = &handle.load().settings.access_log {
+        log.flush();
+    }
     Ok(())
 }

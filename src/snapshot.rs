@@ -19,6 +19,7 @@ use crate::config::{Cidr, Config, FieldError, LimitsConfig};
 use crate::plugins::{Consumer, GlobalPlugins, Pipeline};
 use crate::router::{Conditions, PathPattern, RouteTable};
 use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::CounterCache;
 use crate::upstream::Upstream;
 
 /// The runtime in force; swapped whole on reload.
@@ -33,6 +34,8 @@ pub struct Runtime {
     /// on the request (`consumers` are refused by validation until the auth
     /// plugins land).
     pub consumers: HashMap<String, Arc<Consumer>>,
+    /// `portcullis_requests_total` of requests that matched no route.
+    pub unrouted: CounterCache,
 }
 
 /// Server-wide settings read per connection or request.
@@ -53,6 +56,8 @@ pub struct Route {
     pub name: Arc<str>,
     /// `portcullis_request_duration_seconds{route}`.
     pub duration: Histogram,
+    /// `portcullis_requests_total{route,method,status}`.
+    pub requests: CounterCache,
     pub action: Action,
     pub max_body: u64,
     pub timeout: Duration,
@@ -247,6 +252,7 @@ pub fn compile(cfg: &Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<
         let name: Arc<str> = r.name.as_str().into();
         routes.push(Route {
             duration: crate::telemetry::metrics().route_duration(&name),
+            requests: CounterCache::default(),
             name,
             action,
             max_body: r
@@ -302,6 +308,7 @@ pub fn compile(cfg: &Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<
             table,
             routes,
             upstreams,
+            unrouted: CounterCache::default(),
             consumers: cfg
                 .consumers
                 .iter()

@@ -9,9 +9,9 @@ pub mod metrics;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method, Uri};
+use http::Method;
 
 pub use metrics::metrics;
 
@@ -22,43 +22,64 @@ use crate::upstream::Target;
 pub struct Exchange {
     start: Instant,
     method: Method,
+    /// The connection's peer (the client IP when no proxy is trusted).
+    peer: IpAddr,
     pub status: u16,
     /// Index into `rt.routes`.
     pub route: Option<usize>,
     pub target: Option<Arc<Target>>,
     pub upstream_time: Option<Duration>,
-    /// Only when the access log is on.
-    pub log: Option<LogFields>,
+    /// Only when the access log is on (boxed: most exchanges carry none,
+    /// and the exchange is moved with the response).
+    pub log: Option<Box<LogFields>>,
 }
 
 /// What only the access log needs.
 pub struct LogFields {
-    pub time: SystemTime,
-    pub request_id: HeaderValue,
-    pub traceparent: Option<HeaderValue>,
-    pub client_ip: Option<IpAddr>,
-    pub host: Option<HeaderValue>,
-    pub uri: Uri,
-    /// Request body bytes, counted as they stream upstream.
-    pub bytes_in: Arc<AtomicU64>,
+    /// Begun when the request id is known.
+    pub line: Option<access_log::Line>,
+    /// Request body bytes: known from the head, or counted as they stream upstream.
+    pub bytes_in: BytesIn,
     pub consumer: Option<Arc<str>>,
 }
 
+/// The request body's size: from `Content-Length` (or none at all), or
+/// counted as the body streams (chunked, HTTP/2 without a length).
+pub enum BytesIn {
+    Known(u64),
+    Counted(Arc<AtomicU64>),
+}
+
+impl BytesIn {
+    /// The counter to give the body, when its size is not known up front.
+    pub fn counter(&mut self, hint: &http_body::SizeHint) -> Option<Arc<AtomicU64>> {
+        match hint.exact() {
+            Some(n) => {
+                *self = BytesIn::Known(n);
+                None
+            }
+            None => {
+                let c = Arc::new(AtomicU64::new(0));
+                *self = BytesIn::Counted(c.clone());
+                Some(c)
+            }
+        }
+    }
+}
+
 impl Exchange {
-    pub fn start(rt: &Runtime, method: &Method, uri: &Uri) -> Exchange {
-        let log = rt.settings.access_log.is_some().then(|| LogFields {
-            time: SystemTime::now(),
-            request_id: HeaderValue::from_static(""),
-            traceparent: None,
-            client_ip: None,
-            host: None,
-            uri: uri.clone(),
-            bytes_in: Arc::new(AtomicU64::new(0)),
-            consumer: None,
+    pub fn start(rt: &Runtime, method: &Method, peer: IpAddr) -> Exchange {
+        let log = rt.settings.access_log.is_some().then(|| {
+            Box::new(LogFields {
+                line: None,
+                bytes_in: BytesIn::Known(0),
+                consumer: None,
+            })
         });
         Exchange {
             start: Instant::now(),
             method: method.clone(),
+            peer,
             status: 0,
             route: None,
             target: None,
@@ -73,36 +94,48 @@ impl Exchange {
         let elapsed = self.start.elapsed();
         let m = metrics();
         let route = self.route.map(|i| &rt.routes[i]);
-        let route_name = route.map_or_else(|| Arc::clone(&NO_ROUTE), |r| r.name.clone());
-        m.requests
-            .get_or_create(&metrics::RequestLabels {
-                route: metrics::Name(route_name),
-                method: metrics::method_label(&self.method),
-                status: self.status,
-            })
-            .inc();
+        let method = metrics::method_label(&self.method);
+        let lookup = || {
+            let route_name = route.map_or_else(|| Arc::clone(&NO_ROUTE), |r| r.name.clone());
+            m.requests
+                .get_or_create(&metrics::RequestLabels {
+                    route: metrics::Name(route_name),
+                    method,
+                    status: self.status,
+                })
+                .clone()
+        };
+        let key = metrics::method_status_key(method, self.status);
+        match route {
+            Some(r) => r.requests.inc(key, lookup),
+            None => rt.unrouted.inc(key, lookup),
+        }
         if let Some(r) = route {
             r.duration.observe(elapsed.as_secs_f64());
         }
-        if let (Some(log), Some(writer)) = (self.log, &rt.settings.access_log) {
-            writer.log(access_log::Entry {
-                time: log.time,
-                request_id: log.request_id,
-                traceparent: log.traceparent,
-                client_ip: log.client_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
-                method: self.method,
-                host: log.host,
-                uri: log.uri,
+        if let (Some(mut log), Some(writer)) = (self.log, &rt.settings.access_log) {
+            let upstream = route.and_then(|r| match &r.action {
+                crate::snapshot::Action::Proxy { upstream, .. } => Some(&*upstream.name),
+                crate::snapshot::Action::Respond { .. } => None,
+            });
+            let outcome = access_log::Outcome {
+                peer: self.peer,
                 status: self.status,
-                bytes_in: log.bytes_in.load(Ordering::Relaxed),
+                bytes_in: match &log.bytes_in {
+                    BytesIn::Known(n) => *n,
+                    BytesIn::Counted(c) => c.load(Ordering::Relaxed),
+                },
                 bytes_out,
                 duration: elapsed,
                 upstream_time: self.upstream_time,
-                route: route.map(|r| r.name.clone()),
-                upstream: route.and_then(|r| r.upstream_name()),
-                target: self.target.as_ref().map(|t| t.authority.clone()),
-                consumer: log.consumer,
-            });
+                route: route.map(|r| &*r.name),
+                upstream,
+                target: self.target.as_ref().map(|t| t.authority.as_str()),
+                consumer: log.consumer.as_deref(),
+            };
+            if let Some(line) = &mut log.line {
+                writer.log(line.end(&outcome));
+            }
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct Target {
     pub authority: Authority,
     /// `host:port`, the `target` metric label.
     pub label: Arc<str>,
+    /// `portcullis_upstream_requests_total{upstream,target,status}`, by status.
+    pub requests: crate::telemetry::metrics::CounterCache,
     pub weight: u32,
     in_flight: AtomicUsize,
     pub pool: Pool,
@@ -131,6 +133,7 @@ impl Upstream {
                 Ok(Arc::new(Target {
                     pool: Pool::new(authority.clone(), pool_cfg),
                     label: authority.as_str().into(),
+                    requests: Default::default(),
                     authority,
                     weight,
                     in_flight: AtomicUsize::new(0),

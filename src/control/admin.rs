@@ -82,14 +82,14 @@ fn value_answer(status: StatusCode, v: Value) -> Answer {
     json_answer(status, v.to_string())
 }
 
-async fn answer(control: &Control, req: Request<Incoming>) -> Answer {
+async fn answer(control: &Arc<Control>, req: Request<Incoming>) -> Answer {
     let id = new_request_id();
     let mut resp = route(control, req, &id).await;
     resp.headers_mut().insert("x-request-id", id);
     resp
 }
 
-async fn route(control: &Control, req: Request<Incoming>, id: &HeaderValue) -> Answer {
+async fn route(control: &Arc<Control>, req: Request<Incoming>, id: &HeaderValue) -> Answer {
     let path = req.uri().path().to_string();
     let segments: Vec<String> = path
         .split('/')
@@ -143,15 +143,17 @@ async fn route(control: &Control, req: Request<Incoming>, id: &HeaderValue) -> A
             resp
         }
         (&Method::GET, ["config"]) => {
-            let state = control.state().await;
-            json_answer(StatusCode::OK, emit::to_json(&state.loaded.document, true))
+            let json = control
+                .blocking(|_, state| emit::to_json(&state.loaded.document, true))
+                .await;
+            json_answer(StatusCode::OK, json)
         }
         (&Method::PUT, ["config"]) => {
             let text = match body_text(req, id).await {
                 Ok(t) => t,
                 Err(resp) => return resp,
             };
-            match control.replace(&text).await {
+            match control.blocking(move |c, state| c.replace(state, &text)).await {
                 Ok(version) => changed(control, StatusCode::OK, version).await,
                 Err(e) => apply_error(e, id),
             }
@@ -161,8 +163,7 @@ async fn route(control: &Control, req: Request<Incoming>, id: &HeaderValue) -> A
                 Ok(t) => t,
                 Err(resp) => return resp,
             };
-            let state = control.state().await;
-            match control.check(&text, &state) {
+            match control.blocking(move |c, state| c.check(&text, state)).await {
                 Ok(()) => value_answer(StatusCode::OK, json!({"valid": true})),
                 Err(errors) => validation_failed(&errors, id),
             }
@@ -192,7 +193,7 @@ async fn route(control: &Control, req: Request<Incoming>, id: &HeaderValue) -> A
                         Ok(t) => t,
                         Err(resp) => return resp,
                     };
-                    put_object(control, kind, name, &text, id).await
+                    put_object(control, kind, name.to_string(), text, id).await
                 }
                 Method::DELETE => delete_object(control, kind, name, id).await,
                 _ => method_not_allowed("GET, PUT, DELETE", id),
@@ -356,42 +357,56 @@ fn method_not_allowed(allow: &'static str, id: &HeaderValue) -> Answer {
     resp
 }
 
-async fn put_object(control: &Control, kind: Kind, name: &str, text: &str, id: &HeaderValue) -> Answer {
-    let object = match crate::config::parse_document(text, "request body") {
+async fn put_object(
+    control: &Arc<Control>,
+    kind: Kind,
+    name: String,
+    text: String,
+    id: &HeaderValue,
+) -> Answer {
+    let object = match crate::config::parse_document(&text, "request body") {
         Ok(n) => n,
         Err(errors) => return validation_failed(&errors, id),
     };
-    let mut state = control.state().await;
-    let mut doc = state.raw.clone();
-    let created = match super::put(&mut doc, kind, name, object) {
-        Ok(created) => created,
-        Err(message) => return validation_failed(&super::body_error(message), id),
-    };
-    match control.apply_admin(&mut state, doc, "request body") {
-        Ok(_) => {
-            let body = super::find(&state.loaded.document, kind, name)
-                .map(|n| emit::to_json(n, true))
-                .unwrap_or_else(|| "{}".into());
-            json_answer(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                body,
-            )
-        }
-        Err(e) => apply_error(e, id),
-    }
+    let id = id.clone();
+    control
+        .blocking(move |control, state| {
+            let mut doc = state.raw.clone();
+            let created = match super::put(&mut doc, kind, &name, object) {
+                Ok(created) => created,
+                Err(message) => return validation_failed(&super::body_error(message), &id),
+            };
+            match control.apply_admin(state, doc, "request body") {
+                Ok(_) => {
+                    let body = super::find(&state.loaded.document, kind, &name)
+                        .map(|n| emit::to_json(n, true))
+                        .unwrap_or_else(|| "{}".into());
+                    let status = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    json_answer(status, body)
+                }
+                Err(e) => apply_error(e, &id),
+            }
+        })
+        .await
 }
 
-async fn delete_object(control: &Control, kind: Kind, name: &str, id: &HeaderValue) -> Answer {
-    let mut state = control.state().await;
+async fn delete_object(control: &Arc<Control>, kind: Kind, name: &str, id: &HeaderValue) -> Answer {
+    let (name, id) = (name.to_string(), id.clone());
+    control
+        .blocking(move |control, state| delete_locked(control, state, kind, &name, &id))
+        .await
+}
+
+fn delete_locked(control: &Control, state: &mut State, kind: Kind, name: &str, id: &HeaderValue) -> Answer {
     if super::find(&state.raw, kind, name).is_none() {
         return not_found(kind, name, id);
     }
     if kind == Kind::Upstream {
-        let users = routes_using(&state, name);
+        let users = routes_using(state, name);
         if !users.is_empty() {
             let mut ext = serde_json::Map::new();
             ext.insert("routes".into(), json!(users));
@@ -406,7 +421,7 @@ async fn delete_object(control: &Control, kind: Kind, name: &str, id: &HeaderVal
     }
     let mut doc = state.raw.clone();
     super::remove(&mut doc, kind, name);
-    match control.apply_admin(&mut state, doc, "request body") {
+    match control.apply_admin(state, doc, "request body") {
         Ok(_) => {
             let mut resp = Response::new(ResponseBody::full(Bytes::new()));
             *resp.status_mut() = StatusCode::NO_CONTENT;

@@ -80,8 +80,11 @@ pub fn spawn_file_watch(control: Arc<Control>, path: &std::path::Path) -> Option
     Some(watcher)
 }
 
-async fn reload(control: &Control, origin: Origin) {
-    match control.reload_file(origin).await {
+async fn reload(control: &Arc<Control>, origin: Origin) {
+    match control
+        .blocking(move |c, state| c.reload_file(state, origin))
+        .await
+    {
         // Applied and logged, or unchanged.
         Ok(_) => {}
         // Logged with every error by the control plane.

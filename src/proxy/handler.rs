@@ -26,6 +26,7 @@ use crate::plugins::{Flow, RequestCtx};
 use crate::router::path;
 use crate::router::{Lookup, RouteRequest};
 use crate::snapshot::{Action, Route, Runtime};
+use crate::telemetry::access_log::Line;
 use crate::telemetry::metrics::{Name, UpstreamRequestLabels};
 use crate::telemetry::{self, Exchange};
 use crate::upstream::CallError;
@@ -68,8 +69,18 @@ pub async fn handle(
         _ => forwarded::new_request_id(),
     };
     if let Some(log) = &mut ex.log {
-        log.request_id = request_id.clone();
-        log.client_ip = Some(conn.peer.ip());
+        // The host as sent (checked later): the URI's authority, or Host.
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
+        log.line = Some(Line::begin(
+            request_id.to_str().unwrap_or(""),
+            req.method(),
+            host,
+            req.uri().path(),
+        ));
     }
     let mut resp = match process(rt, conn, req, &request_id, ex).await {
         Ok(resp) => resp,
@@ -99,9 +110,6 @@ async fn process(
         return Err(GatewayError::HeadersTooLarge { limit });
     }
     let host = request_host(&parts)?;
-    if let Some(log) = &mut ex.log {
-        log.host = host.clone();
-    }
     if let Some(metrics_path) = &settings.metrics_path
         && parts.uri.path() == metrics_path
         && parts.method == http::Method::GET
@@ -156,9 +164,13 @@ async fn process(
         .headers
         .insert(settings.request_id_header.clone(), request_id.clone());
     let traceparent = forwarded::next_traceparent(parts.headers.get(&forwarded::TRACEPARENT));
-    if let Some(log) = &mut ex.log {
-        log.client_ip = Some(client_ip);
-        log.traceparent = Some(traceparent.clone());
+    if let Some(line) = ex.log.as_mut().and_then(|l| l.line.as_mut()) {
+        let trace_id = traceparent.as_bytes().get(3..35);
+        if client_ip == conn.peer.ip() {
+            line.client(&conn.peer_value, trace_id);
+        } else {
+            line.client(&forwarded::ip_header_value(client_ip), trace_id);
+        }
     }
     parts.headers.insert(forwarded::TRACEPARENT.clone(), traceparent);
     if settings.via {
@@ -307,7 +319,10 @@ async fn forward(
         }
     }
 
-    let bytes_in = ex.log.as_ref().map(|l| l.bytes_in.clone());
+    let bytes_in = ex
+        .log
+        .as_mut()
+        .and_then(|l| l.bytes_in.counter(&body.size_hint()));
     let req = Request::from_parts(parts, RequestBody::new(body, route.max_body, bytes_in));
     // The response head must come within the read timeout, and within what
     // is left of the route's deadline.
@@ -322,14 +337,16 @@ async fn forward(
         Err(CallError::ConnectTimeout | CallError::HeadTimeout) => 504,
         Err(_) => 502,
     };
-    telemetry::metrics()
-        .upstream_requests
-        .get_or_create(&UpstreamRequestLabels {
-            upstream: Name(upstream.name.clone()),
-            target: Name(target.label.clone()),
-            status,
-        })
-        .inc();
+    target.requests.inc(u32::from(status), || {
+        telemetry::metrics()
+            .upstream_requests
+            .get_or_create(&UpstreamRequestLabels {
+                upstream: Name(upstream.name.clone()),
+                target: Name(target.label.clone()),
+                status,
+            })
+            .clone()
+    });
     let (resp, lease) = match result {
         Err(CallError::ConnectTimeout | CallError::HeadTimeout) => return Err(GatewayError::GatewayTimeout),
         Err(CallError::Connect(e)) => {

@@ -211,7 +211,7 @@ async fn serve_connection(
         async move {
             // Each request reads the runtime once: a reload never changes it mid-request.
             let rt = runtime.load_full();
-            let mut ex = Exchange::start(&rt, req.method(), req.uri());
+            let mut ex = Exchange::start(&rt, req.method(), info.peer.ip());
             let resp = handle(&rt, &info, req, &mut ex).await;
             Ok::<_, Infallible>(resp.map(|body| TrackedBody {
                 inner: body,
