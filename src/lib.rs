@@ -125,8 +125,12 @@ pub async fn run(startup: Startup, shutdown: impl Future<Output = ()>) -> Result
     proxy::server::serve(listeners, handle.clone(), shutdown).await;
     let _ = stop_admin.send(true);
     // The last lines of the access log are written before the process exits.
-    if let Some(log) = &handle.load().settings.access_log {
+    let rt = handle.load();
+    if let Some(log) = &rt.settings.access_log {
         log.flush();
+    }
+    if let Some(tracer) = &rt.settings.tracer {
+        tracer.flush();
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use crate::plugins::{Consumer, GlobalPlugins, Pipeline};
 use crate::router::{Conditions, PathPattern, RouteTable};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::CounterCache;
+use crate::telemetry::trace::Tracer;
 use crate::upstream::Upstream;
 
 /// The runtime in force; swapped whole on reload.
@@ -50,6 +51,8 @@ pub struct Settings {
     /// `server.metrics_path`: metrics on the data listeners too.
     pub metrics_path: Option<String>,
     pub shutdown_timeout: Duration,
+    /// `server.tracing` with an OTLP endpoint.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 pub struct Route {
@@ -292,6 +295,21 @@ pub fn compile(cfg: &Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<
             },
         },
     };
+    let tracer = match cfg.server.tracing.as_ref().filter(|t| t.otlp_endpoint.is_some()) {
+        None => None,
+        // The same settings keep their exporter (and its queue) across reloads.
+        Some(t) => match previous.and_then(|p| p.settings.tracer.as_ref()) {
+            Some(old) if old.settings == *t => Some(old.clone()),
+            _ if !errors.is_empty() => None,
+            _ => match Tracer::start(t) {
+                Ok(tracer) => Some(Arc::new(tracer)),
+                Err(e) => {
+                    errors.push(FieldError::new("server.tracing.otlp_endpoint", e));
+                    None
+                }
+            },
+        },
+    };
     match table {
         Some(table) if errors.is_empty() => Ok(Runtime {
             settings: Settings {
@@ -304,6 +322,7 @@ pub fn compile(cfg: &Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<
                 access_log,
                 metrics_path: cfg.server.metrics_path.clone(),
                 shutdown_timeout: cfg.server.shutdown_timeout.0,
+                tracer,
             },
             table,
             routes,

@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod trace;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,6 +30,10 @@ pub struct Exchange {
     pub route: Option<usize>,
     pub target: Option<Arc<Target>>,
     pub upstream_time: Option<Duration>,
+    /// The upstream's answer, when it gave one.
+    pub upstream_status: Option<u16>,
+    /// Only for requests whose spans may be exported.
+    pub trace: Option<Box<trace::RequestTrace>>,
     /// Only when the access log is on (boxed: most exchanges carry none,
     /// and the exchange is moved with the response).
     pub log: Option<Box<LogFields>>,
@@ -84,6 +89,8 @@ impl Exchange {
             route: None,
             target: None,
             upstream_time: None,
+            upstream_status: None,
+            trace: None,
             log,
         }
     }
@@ -113,11 +120,26 @@ impl Exchange {
         if let Some(r) = route {
             r.duration.observe(elapsed.as_secs_f64());
         }
+        let upstream = route.and_then(|r| match &r.action {
+            crate::snapshot::Action::Proxy { upstream, .. } => Some(&*upstream.name),
+            crate::snapshot::Action::Respond { .. } => None,
+        });
+        if let (Some(t), Some(tracer)) = (&self.trace, &rt.settings.tracer) {
+            tracer.record(
+                t,
+                &trace::SpanInfo {
+                    method: self.method.as_str(),
+                    route: route.map(|r| &*r.name),
+                    status: self.status,
+                    end: std::time::SystemTime::now(),
+                    upstream,
+                    target: self.target.as_ref().map(|t| &t.authority),
+                    upstream_status: self.upstream_status,
+                    upstream_time: self.upstream_time,
+                },
+            );
+        }
         if let (Some(mut log), Some(writer)) = (self.log, &rt.settings.access_log) {
-            let upstream = route.and_then(|r| match &r.action {
-                crate::snapshot::Action::Proxy { upstream, .. } => Some(&*upstream.name),
-                crate::snapshot::Action::Respond { .. } => None,
-            });
             let outcome = access_log::Outcome {
                 peer: self.peer,
                 status: self.status,

@@ -159,8 +159,18 @@ impl Validator {
                 self.err("server.access_log.path", "must be `stdout` or a file path");
             }
         }
-        if s.tracing.as_ref().is_some_and(|t| t.otlp_endpoint.is_some()) {
-            self.err("server.tracing.otlp_endpoint", not_yet("trace export is"));
+        if let Some(t) = &s.tracing {
+            if let Some(endpoint) = &t.otlp_endpoint
+                && let Err(e) = crate::telemetry::trace::traces_url(endpoint)
+            {
+                self.err("server.tracing.otlp_endpoint", e);
+            }
+            if !(0.0..=1.0).contains(&t.sample_ratio) {
+                self.err("server.tracing.sample_ratio", "must be between 0 and 1");
+            }
+            if t.service_name.is_empty() {
+                self.err("server.tracing.service_name", "must not be empty");
+            }
         }
         if let Some(path) = &s.metrics_path
             && (!path.starts_with('/') || path.contains(['?', '#', ' ']))

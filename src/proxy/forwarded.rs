@@ -209,9 +209,13 @@ pub fn valid_request_id(v: &HeaderValue) -> bool {
 }
 
 /// The `traceparent` to send upstream: the client's trace continued with a
-/// new parent id (this hop), or a new trace if it sent none or an invalid one.
-pub fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
+/// new parent id (this hop) and its sampling decision, or a new trace if it
+/// sent none or an invalid one, sampled as `new_sampled` says.
+pub fn next_traceparent(incoming: Option<&HeaderValue>, new_sampled: bool) -> HeaderValue {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    if !new_sampled {
+        buf[54] = b'0';
+    }
     match incoming
         .map(HeaderValue::as_bytes)
         .filter(|b| valid_traceparent(b))
@@ -226,7 +230,15 @@ pub fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
-fn valid_traceparent(b: &[u8]) -> bool {
+/// The sampled bit of a (valid) `traceparent`'s flags.
+pub fn is_sampled(traceparent: &[u8]) -> bool {
+    traceparent
+        .get(54)
+        .and_then(|c| (*c as char).to_digit(16))
+        .is_some_and(|d| d & 1 == 1)
+}
+
+pub fn valid_traceparent(b: &[u8]) -> bool {
     let hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
     b.len() == 55
         && &b[..3] == b"00-"
@@ -323,16 +335,38 @@ mod tests {
     #[test]
     fn traceparent_propagates_or_starts() {
         let incoming = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let next = next_traceparent(Some(&incoming));
+        let next = next_traceparent(Some(&incoming), true);
         let s = next.to_str().unwrap();
         assert!(s.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(s.ends_with("-01"));
         assert_ne!(&s[36..52], "00f067aa0ba902b7");
-        let fresh = next_traceparent(Some(&HeaderValue::from_static("garbage")));
+        let fresh = next_traceparent(Some(&HeaderValue::from_static("garbage")), true);
         assert!(valid_traceparent(fresh.as_bytes()));
         assert_ne!(
             &fresh.to_str().unwrap()[3..35],
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
+        assert!(next_traceparent(None, false).to_str().unwrap().ends_with("-00"));
+        // The caller's decision wins over ours.
+        assert!(
+            next_traceparent(Some(&incoming), false)
+                .to_str()
+                .unwrap()
+                .ends_with("-01")
+        );
+    }
+
+    /// Whether a valid `traceparent` is flagged sampled.
+    #[test]
+    fn sampled_flag() {
+        assert!(is_sampled(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_sampled(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        ));
+        assert!(is_sampled(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03"
+        ));
     }
 }

@@ -28,6 +28,7 @@ use crate::router::{Lookup, RouteRequest};
 use crate::snapshot::{Action, Route, Runtime};
 use crate::telemetry::access_log::Line;
 use crate::telemetry::metrics::{Name, UpstreamRequestLabels};
+use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::{self, Exchange};
 use crate::upstream::CallError;
 use crate::upstream::{PickContext, Upstream};
@@ -163,7 +164,27 @@ async fn process(
     parts
         .headers
         .insert(settings.request_id_header.clone(), request_id.clone());
-    let traceparent = forwarded::next_traceparent(parts.headers.get(&forwarded::TRACEPARENT));
+    let incoming_trace = parts
+        .headers
+        .get(&forwarded::TRACEPARENT)
+        .filter(|v| forwarded::valid_traceparent(v.as_bytes()));
+    let new_sampled = settings.tracer.as_ref().is_none_or(|t| t.sample());
+    let traceparent = forwarded::next_traceparent(incoming_trace, new_sampled);
+    if let Some(tracer) = &settings.tracer {
+        let sampled = forwarded::is_sampled(traceparent.as_bytes());
+        if sampled || tracer.always_sample_errors() {
+            ex.trace = Some(Box::new(RequestTrace {
+                start: std::time::SystemTime::now(),
+                sent: traceparent.as_bytes().try_into().unwrap_or([b'0'; 55]),
+                parent: incoming_trace.and_then(|v| v.as_bytes().get(36..52)?.try_into().ok()),
+                sampled,
+                upstream_start: None,
+                path: parts.uri.path().to_string(),
+                request_id: request_id.clone(),
+                client_ip,
+            }));
+        }
+    }
     if let Some(line) = ex.log.as_mut().and_then(|l| l.line.as_mut()) {
         let trace_id = traceparent.as_bytes().get(3..35);
         if client_ip == conn.peer.ip() {
@@ -327,13 +348,19 @@ async fn forward(
     // The response head must come within the read timeout, and within what
     // is left of the route's deadline.
     let sent = Instant::now();
+    if let Some(t) = &mut ex.trace {
+        t.upstream_start = Some(std::time::SystemTime::now());
+    }
     let head_deadline = deadline.min(sent + upstream.read_timeout);
     let result = target.pool.send(req, head_deadline).await;
     let upstream_time = sent.elapsed();
     ex.upstream_time = Some(upstream_time);
     upstream.duration.observe(upstream_time.as_secs_f64());
     let status = match &result {
-        Ok((resp, _)) => resp.status().as_u16(),
+        Ok((resp, _)) => {
+            ex.upstream_status = Some(resp.status().as_u16());
+            resp.status().as_u16()
+        }
         Err(CallError::ConnectTimeout | CallError::HeadTimeout) => 504,
         Err(_) => 502,
     };
