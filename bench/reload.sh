@@ -3,17 +3,18 @@
 #
 #   bench/reload.sh                     # 10k routes, 20 reloads, 10 s load windows
 #   ROUTES=1000 RELOADS=5 bench/reload.sh
+#   PIN=1 bench/reload.sh               # gateway and load pinned to one core each
 #
-# 1. Starts the release gateway (2 workers) on a config of $ROUTES routes
+# 1. Starts the release gateway (2 workers; PIN=1: 1 worker on core 1) on a config of $ROUTES routes
 #    (prefix, template and exact paths, spread over 100 services) plus a
 #    `/ping` route.
 # 2. Times $RELOADS `PUT /config` of the whole config through the admin API
 #    (HTTP upload + parse + validate + compile + swap), alternating two
 #    versions so each is a real change. The gateway logs its own figure for
 #    validate+compile+swap ("config reloaded", elapsed_ms).
-# 3. Load (wrk, 2 threads, 32 connections, keep-alive) on `/ping` for
-#    $DURATION s without reloads, then for $DURATION s with reloads back to
-#    back, and compares the latency percentiles.
+# 3. Load (wrk, 32 connections, keep-alive) on `/ping` for
+#    $DURATION s three times: without reloads, with one reload a second, and
+#    with reloads back to back; compares the latency percentiles.
 # Needs: wrk, curl, python3.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,7 +60,17 @@ gen b "$WORK/b.yaml"
 cp "$WORK/a.yaml" "$WORK/config.yaml"
 echo "config: $ROUTES routes, $(wc -c <"$WORK/a.yaml") bytes"
 
-"$BIN" run -c "$WORK/config.yaml" --workers 2 --no-watch --log-format json 2>"$WORK/gateway.log" &
+if [ "${PIN:-0}" = 1 ]; then
+  # Like the shared harness: the gateway (one worker) on core 1, the load
+  # generator on core 0. The reload then shares the one core with requests.
+  GW_CMD=(taskset -c 1 "$BIN" run --workers 1)
+  LOAD=(taskset -c 0 wrk -t1 -c32)
+else
+  # As deployed: workers on every core, the reload on whatever core is free.
+  GW_CMD=("$BIN" run --workers 2)
+  LOAD=(wrk -t2 -c32)
+fi
+"${GW_CMD[@]}" -c "$WORK/config.yaml" --no-watch --log-format json 2>"$WORK/gateway.log" &
 GW=$!
 trap 'kill $GW 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/ping" >/dev/null && break; sleep 0.1; done
@@ -82,17 +93,24 @@ import sys, json
 v = sorted(json.loads(l)["elapsed_ms"] for l in sys.stdin)
 print(f"in the gateway (validate + compile + swap): min {v[0]:.0f} ms, median {v[len(v)//2]:.0f} ms, max {v[-1]:.0f} ms")'
 
-echo "== latency on /ping: steady, then with reloads back to back =="
-wrk -t2 -c32 -d"${DURATION}s" --latency "http://127.0.0.1:$PORT/ping" >"$WORK/steady.txt"
-( end=$((SECONDS + DURATION)); n=0
+echo "== latency on /ping: steady, one reload a second, reloads back to back =="
+"${LOAD[@]}" -d"${DURATION}s" --latency "http://127.0.0.1:$PORT/ping" >"$WORK/steady.txt"
+reloader() { # reloader PAUSE -> reloads until DURATION is over, pausing PAUSE s
+  local end=$((SECONDS + DURATION)) n=0 f
   while [ $SECONDS -lt $end ]; do
     f="$WORK/a.yaml"; [ $((n % 2)) -eq 1 ] && f="$WORK/b.yaml"; put "$f" >/dev/null; n=$((n + 1))
-  done; echo "$n" >"$WORK/reloads-under-load" ) &
-RL=$!
-wrk -t2 -c32 -d"${DURATION}s" --latency "http://127.0.0.1:$PORT/ping" >"$WORK/reloading.txt"
-wait $RL
-for f in steady reloading; do
-  echo "-- $f"
+    sleep "$1"
+  done
+  echo "$n"
+}
+for mode in paced back-to-back; do
+  pause=1; [ "$mode" = back-to-back ] && pause=0
+  ( reloader "$pause" >"$WORK/$mode.count" ) &
+  RL=$!
+  "${LOAD[@]}" -d"${DURATION}s" --latency "http://127.0.0.1:$PORT/ping" >"$WORK/$mode.txt"
+  wait $RL
+done
+for f in steady paced back-to-back; do
+  echo "-- $f$( [ -f "$WORK/$f.count" ] && echo " ($(cat "$WORK/$f.count") reloads)")"
   grep -E 'Requests/sec|Non-2xx|Socket errors|^ +(50|90|99)%|Latency ' "$WORK/$f.txt"
 done
-echo "reloads during the second window: $(cat "$WORK/reloads-under-load")"

@@ -14,7 +14,7 @@
 pub mod admin;
 pub mod watch;
 
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,7 +63,11 @@ pub struct Control {
 /// A document's version: a hash of its text.
 pub fn version_of(text: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
+    // In pieces: a document of megabytes takes a millisecond or more to hash.
+    for chunk in text.as_bytes().chunks(16 * 1024) {
+        h.write(chunk);
+        crate::yielding::point();
+    }
     format!("{:016x}", h.finish())
 }
 
@@ -98,21 +102,33 @@ impl Control {
         self.state.lock().await
     }
 
-    /// Runs `f` with the state locked on the blocking pool: validating and
-    /// compiling a large config takes long enough to stall the requests that
-    /// share a worker thread with it.
+    /// Runs `f` with the state locked, on a thread of its own that yields
+    /// to request threads (see [`crate::yielding`]): validating and compiling
+    /// a large config takes a tenth of a second of CPU, which must neither
+    /// block a worker thread nor hold a core while requests wait for it.
     pub async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Control, &mut State) -> T + Send + 'static,
     ) -> T {
         let this = self.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let mut state = this.state.blocking_lock();
-            f(&this, &mut state)
-        });
-        match task.await {
-            Ok(t) => t,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("config-change".into())
+            .spawn(move || {
+                crate::yielding::background();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut state = this.state.blocking_lock();
+                    f(&this, &mut state)
+                }));
+                let _ = tx.send(result);
+            });
+        if let Err(e) = spawned {
+            panic!("cannot start a thread for a config change: {e}");
+        }
+        match rx.await {
+            Ok(Ok(t)) => t,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("the config change thread ended without an answer"),
         }
     }
 
@@ -154,7 +170,14 @@ impl Control {
     /// Validates a document without applying it (`POST /config/validate`).
     pub fn check(&self, text: &str, current: &State) -> Result<(), ConfigErrors> {
         let raw = config::parse_document(text, "request body")?;
-        self.prepare(current, &raw, "request body").map(|_| ())
+        let loaded = config::load_document(&raw, "request body", &env)?;
+        let restart = restart_only_changes(&current.loaded, &loaded);
+        if !restart.is_empty() {
+            return Err(loaded.locate(restart));
+        }
+        snapshot::check(&loaded.config)
+            .map(|_| ())
+            .map_err(|e| loaded.locate(e))
     }
 
     /// Applies `raw` as an admin change, written back to the file when persisting.
@@ -210,11 +233,15 @@ impl Control {
         crate::telemetry::on_runtime(&runtime);
         let old = self.runtime.swap(Arc::new(runtime));
         self.admin.store(loaded.config.admin.clone().map(Arc::new));
-        *state = State {
-            raw,
-            loaded,
-            version: version.clone(),
-        };
+        let replaced = std::mem::replace(
+            state,
+            State {
+                raw,
+                loaded,
+                version: version.clone(),
+            },
+        );
+        replaced.loaded.release();
         crate::telemetry::metrics().config_reload(true);
         let elapsed = started.elapsed();
         // Usually the last reference: the old runtime is freed here, on the

@@ -13,7 +13,8 @@
 //! - [`error`]: every gateway-made error and its problem+json answer.
 //! - [`control`]: the control plane: reloads (file, `SIGHUP`, admin API)
 //!   swapped in atomically, and the admin API.
-//! - [`telemetry`]: Prometheus metrics and the access log.
+//! - [`telemetry`]: Prometheus metrics, the access log, OTLP traces.
+//! - [`yielding`]: long background work (reloads) that yields to requests.
 
 pub mod body;
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod router;
 pub mod snapshot;
 pub mod telemetry;
 pub mod upstream;
+pub mod yielding;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -259,6 +259,21 @@ pub struct RouteTable {
     regexes: Vec<Regex>,
 }
 
+/// Freed piece by piece (yielding, on a reload's background thread: see
+/// `crate::yielding`): a table of thousands of routes takes milliseconds.
+impl Drop for RouteTable {
+    fn drop(&mut self) {
+        for entry in self.entries.drain(..) {
+            drop(entry);
+            crate::yielding::point();
+        }
+        for pair in self.exact.drain() {
+            drop(pair);
+            crate::yielding::point();
+        }
+    }
+}
+
 /// Rank classes, most specific first (SPEC "Path rules").
 const CLASS_EXACT: u128 = 3;
 const CLASS_LITERAL: u128 = 2;
@@ -286,6 +301,7 @@ impl RouteTable {
         };
         let mut regex_sources = Vec::new();
         for (route, patterns, cond) in routes {
+            crate::yielding::point();
             let hosts = (!cond.hosts.is_empty()).then(|| HostMatch {
                 exact: cond
                     .hosts

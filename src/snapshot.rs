@@ -39,6 +39,18 @@ pub struct Runtime {
     pub unrouted: CounterCache,
 }
 
+/// Dropped route by route: the old runtime of a large config is freed on
+/// the reload's background thread, yielding as it goes (or, if requests
+/// still ran on it, by the last of them, where yielding is a no-op).
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for route in self.routes.drain(..) {
+            drop(route);
+            crate::yielding::point();
+        }
+    }
+}
+
 /// Server-wide settings read per connection or request.
 pub struct Settings {
     pub trusted_proxies: Vec<Cidr>,
@@ -161,6 +173,17 @@ pub fn strip_prefix<'a>(path: &'a str, prefix: &str) -> Cow<'a, str> {
 /// the runtime this one replaces: unchanged upstream targets are carried
 /// over with their connection pools.
 pub fn compile(cfg: &Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<FieldError>> {
+    build(cfg, previous, true)
+}
+
+/// Compiles without opening outputs (the access log file, the trace
+/// exporter): the checks of `portcullis validate` and `POST /config/validate`,
+/// which must leave nothing behind.
+pub fn check(cfg: &Config) -> Result<Runtime, Vec<FieldError>> {
+    build(cfg, None, false)
+}
+
+fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result<Runtime, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut upstreams = HashMap::new();
     for (i, u) in cfg.upstreams.iter().enumerate() {
@@ -177,6 +200,7 @@ pub fn compile(cfg: &Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<
     let mut table_input = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
     for (i, r) in cfg.routes.iter().enumerate() {
+        crate::yielding::point();
         let p = format!("routes[{i}]");
         let mut patterns = Vec::new();
         let defaults = ["/".to_string()];
@@ -286,6 +310,12 @@ pub fn compile(cfg: &Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<
         Some(a) => match previous.and_then(|p| p.settings.access_log.as_ref()) {
             Some(old) if old.path == a.path => Some(old.clone()),
             _ if !errors.is_empty() => None,
+            _ if !open_outputs => {
+                if let Err(e) = AccessLog::check(&a.path) {
+                    errors.push(FieldError::new("server.access_log.path", e));
+                }
+                None
+            }
             _ => match AccessLog::open(&a.path) {
                 Ok(log) => Some(Arc::new(log)),
                 Err(e) => {
@@ -300,7 +330,7 @@ pub fn compile(cfg: &Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<
         // The same settings keep their exporter (and its queue) across reloads.
         Some(t) => match previous.and_then(|p| p.settings.tracer.as_ref()) {
             Some(old) if old.settings == *t => Some(old.clone()),
-            _ if !errors.is_empty() => None,
+            _ if !errors.is_empty() || !open_outputs => None,
             _ => match Tracer::start(t) {
                 Ok(tracer) => Some(Arc::new(tracer)),
                 Err(e) => {
@@ -338,11 +368,11 @@ pub fn compile(cfg: &Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<
     }
 }
 
-/// Loads, validates and compiles a config file: the whole check behind
-/// `portcullis validate` and every (re)load.
+/// Loads, validates and compiles a config file (outputs not opened): the
+/// whole check behind `portcullis validate`.
 pub fn load(path: &std::path::Path) -> Result<(crate::config::Loaded, Runtime), crate::config::ConfigErrors> {
     let loaded = crate::config::load_file(path)?;
-    let runtime = compile(&loaded.config, None).map_err(|e| loaded.locate(e))?;
+    let runtime = check(&loaded.config).map_err(|e| loaded.locate(e))?;
     Ok((loaded, runtime))
 }
 

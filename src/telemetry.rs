@@ -95,6 +95,11 @@ impl Exchange {
         }
     }
 
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// The response is done (or abandoned) after `bytes_out` body bytes;
     /// `rt` is the runtime the request ran on.
     pub fn finish(self, rt: &Runtime, bytes_out: u64) {

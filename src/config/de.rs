@@ -490,6 +490,7 @@ impl<'de> de::VariantAccess<'de> for NodeDe<'_> {
 /// Every node's path mapped to its line, for errors found after deserialization.
 pub fn line_index(node: &Node) -> std::collections::HashMap<String, u32> {
     fn walk(node: &Node, path: String, out: &mut std::collections::HashMap<String, u32>) {
+        crate::yielding::point();
         match &node.kind {
             NodeKind::Scalar { .. } => {}
             NodeKind::Seq(items) => {

@@ -49,6 +49,7 @@ fn is_block(node: &Node) -> bool {
 
 fn yaml_map(entries: &[(Node, Node)], depth: usize, out: &mut String) {
     for (k, v) in entries {
+        crate::yielding::point();
         indent(out, depth);
         yaml_inline(k, out);
         out.push(':');
@@ -149,6 +150,7 @@ pub fn to_json(node: &Node, redact: bool) -> String {
 }
 
 fn json<'a>(node: &'a Node, path: &mut Vec<&'a str>, redact: bool, out: &mut String) {
+    crate::yielding::point();
     match &node.kind {
         NodeKind::Scalar { value, plain } => {
             if redact && is_secret(path, value) {

@@ -58,6 +58,7 @@ impl Validator {
         }
         let mut consumer_names = HashSet::new();
         for (i, consumer) in c.consumers.iter().enumerate() {
+            crate::yielding::point();
             let p = format!("consumers[{i}]");
             if consumer.name.is_empty() {
                 self.err(format!("{p}.name"), "must not be empty");
@@ -73,6 +74,7 @@ impl Validator {
 
         let mut names = HashSet::new();
         for (i, u) in c.upstreams.iter().enumerate() {
+            crate::yielding::point();
             let p = format!("upstreams[{i}]");
             if !names.insert(u.name.as_str()) {
                 self.err(
@@ -85,6 +87,7 @@ impl Validator {
         let upstreams: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
         let mut names = HashSet::new();
         for (i, r) in c.routes.iter().enumerate() {
+            crate::yielding::point();
             let p = format!("routes[{i}]");
             if !names.insert(r.name.as_str()) {
                 self.err(format!("{p}.name"), format!("duplicate route name `{}`", r.name));

@@ -12,7 +12,7 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 /// "billion laughs" document cannot exhaust memory.
 const MAX_NODES: usize = 2_000_000;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Node {
     /// 1-based line of the node in the source.
     pub line: u32,
@@ -28,6 +28,26 @@ pub enum NodeKind {
     },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
+}
+
+/// Cloned node by node so that a reload copying a large document yields
+/// the CPU as it goes (see `crate::yielding`).
+impl Clone for Node {
+    fn clone(&self) -> Self {
+        crate::yielding::point();
+        Node {
+            line: self.line,
+            kind: self.kind.clone(),
+        }
+    }
+}
+
+/// Freed node by node, yielding like [`Clone`] (a replaced document of
+/// thousands of routes is dropped on the reload's background thread).
+impl Drop for Node {
+    fn drop(&mut self) {
+        crate::yielding::point();
+    }
 }
 
 impl Node {
@@ -139,6 +159,7 @@ impl Builder {
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        crate::yielding::point();
         if self.error.is_some() {
             return;
         }
@@ -216,6 +237,7 @@ pub fn substitute_env(
     lookup: &dyn Fn(&str) -> Option<String>,
     errors: &mut Vec<(String, u32, String)>,
 ) {
+    crate::yielding::point();
     match &mut node.kind {
         NodeKind::Scalar { value, .. } => {
             if value.contains("${") {

@@ -69,6 +69,7 @@ pub async fn handle(
         Some(v) if forwarded::valid_request_id(v) => v.clone(),
         _ => forwarded::new_request_id(),
     };
+    let started = ex.started();
     if let Some(log) = &mut ex.log {
         // The host as sent (checked later): the URI's authority, or Host.
         let host = req
@@ -77,6 +78,7 @@ pub async fn handle(
             .map(|a| a.as_str())
             .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
         log.line = Some(Line::begin(
+            started,
             request_id.to_str().unwrap_or(""),
             req.method(),
             host,
@@ -227,7 +229,8 @@ async fn process(
             strip_prefix,
             rewrite,
         } => {
-            let deadline = Instant::now() + route.timeout;
+            // The route's deadline counts from the request's arrival.
+            let deadline = Instant::from_std(ex.started()) + route.timeout;
             // The upstream path: normalized, then strip_prefix, then rewrite.
             let path = normalized.as_deref().unwrap_or(parts.uri.path());
             let pq = upstream_path_and_query(

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method};
 
@@ -49,10 +49,17 @@ pub struct Outcome<'a> {
 
 impl Line {
     /// The request's part: time, id, method, host (as sent), path.
-    pub fn begin(request_id: &str, method: &Method, host: Option<&str>, path: &str) -> Line {
-        let mut out = Vec::with_capacity(384);
+    /// `start` is when the request arrived.
+    pub fn begin(start: Instant, request_id: &str, method: &Method, host: Option<&str>, path: &str) -> Line {
+        let mut out = POOL
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(384));
         out.put("{\"time\":\"");
-        DATE.with(|d| d.borrow_mut().time(SystemTime::now(), &mut out));
+        DATE.with(|d| {
+            let mut d = d.borrow_mut();
+            let wall = d.wall_time(start);
+            d.time(wall, &mut out)
+        });
         out.put("\",\"request_id\":");
         json_str(request_id, &mut out);
         // A method is an RFC 9110 token: no quote, backslash or control.
@@ -140,6 +147,25 @@ struct Shared {
 thread_local! {
     /// Each thread's cache of the formatted date.
     static DATE: RefCell<DateCache> = RefCell::new(DateCache::default());
+    /// Line buffers for reuse: a request takes one, and gives it back when
+    /// its line has been copied out (on whatever thread finished it).
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread.
+const POOL_SIZE: usize = 64;
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_SIZE {
+                p.push(buf);
+            }
+        });
+    }
 }
 
 impl AccessLog {
@@ -174,6 +200,29 @@ impl AccessLog {
             path: path.to_string(),
             shared,
         })
+    }
+
+    /// Whether `path` could be opened, without creating it: `stdout`,
+    /// `stderr`, an existing writable file, or a new file in an existing directory.
+    pub fn check(path: &str) -> Result<(), String> {
+        if path == "stdout" || path == "stderr" {
+            return Ok(());
+        }
+        let p = std::path::Path::new(path);
+        if p.exists() {
+            return std::fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .map(|_| ())
+                .map_err(|e| format!("cannot open `{path}`: {e}"));
+        }
+        match p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => Err(format!(
+                "cannot open `{path}`: {} is not a directory",
+                dir.display()
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Adds a complete line; never waits on I/O.
@@ -259,9 +308,25 @@ struct DateCache {
     /// The whole second last formatted, and its `YYYY-MM-DDTHH:MM:SS`.
     second: Option<u64>,
     date: String,
+    /// The wall clock at a monotonic instant, read again at least every
+    /// second, so the request's own start instant gives its wall time
+    /// without another clock read.
+    anchor: Option<(Instant, SystemTime)>,
 }
 
 impl DateCache {
+    fn wall_time(&mut self, at: Instant) -> SystemTime {
+        match self.anchor {
+            Some((mono, wall)) if at >= mono && at - mono < Duration::from_secs(1) => wall + (at - mono),
+            _ => {
+                let (mono, wall) = (Instant::now(), SystemTime::now());
+                self.anchor = Some((mono, wall));
+                wall.checked_sub(mono.saturating_duration_since(at))
+                    .unwrap_or(wall)
+            }
+        }
+    }
+
     /// `2026-11-23T07:55:01.123Z`; the part up to the second is reused.
     fn time(&mut self, t: SystemTime, out: &mut Vec<u8>) {
         let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -443,7 +508,13 @@ mod tests {
 
     #[test]
     fn a_line_is_one_json_object() {
-        let mut line = Line::begin("abc", &Method::GET, Some("api.example.com"), "/users/7");
+        let mut line = Line::begin(
+            Instant::now(),
+            "abc",
+            &Method::GET,
+            Some("api.example.com"),
+            "/users/7",
+        );
         line.client(
             &HeaderValue::from_static("10.0.0.1"),
             Some(b"0af7651916cd43dd8448eb211c80319c"),
@@ -463,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_request_refused_early_still_logs_every_field() {
-        let mut line = Line::begin("x\"y", &Method::POST, Some("h\"ost"), "/p");
+        let mut line = Line::begin(Instant::now(), "x\"y", &Method::POST, Some("h\"ost"), "/p");
         let v: serde_json::Value = serde_json::from_slice(line.end(&outcome())).unwrap();
         assert_eq!(v["client_ip"], "127.0.0.1");
         assert!(v["trace_id"].is_null());
