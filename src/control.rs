@@ -42,6 +42,20 @@ pub enum Origin {
     Admin,
 }
 
+/// A new document on its way in.
+struct Change<'a> {
+    /// As written (`${ENV}` unexpanded).
+    raw: Node,
+    version: String,
+    /// Where it came from, for error messages (a file, "request body").
+    source: &'a str,
+    origin: Origin,
+    /// The text to write back to the config file first, if persisting.
+    persist: Option<String>,
+    /// When its handling began (for the reload time logged).
+    started: Instant,
+}
+
 /// Why a change was not applied.
 #[derive(Debug)]
 pub enum ApplyError {
@@ -148,6 +162,7 @@ impl Control {
     /// Re-reads the config file; `Ok(None)` when its text is the config
     /// already in force.
     pub fn reload_file(&self, state: &mut State, origin: Origin) -> Result<Option<String>, ApplyError> {
+        let started = Instant::now();
         let Some(path) = &self.file else {
             return Ok(None);
         };
@@ -158,13 +173,25 @@ impl Control {
         }
         let source = path.display().to_string();
         let raw = config::parse_document(&text, &source).map_err(|e| self.refused(origin, e))?;
-        self.swap(state, raw, version, &source, origin, None).map(Some)
+        self.swap(
+            state,
+            Change {
+                raw,
+                version,
+                source: &source,
+                origin,
+                persist: None,
+                started,
+            },
+        )
+        .map(Some)
     }
 
     /// Applies a new whole document (`PUT /config`).
     pub fn replace(&self, state: &mut State, text: &str) -> Result<String, ApplyError> {
+        let started = Instant::now();
         let raw = config::parse_document(text, "request body").map_err(|e| self.refused(Origin::Admin, e))?;
-        self.apply_admin(state, raw, "request body")
+        self.apply_admin_since(state, raw, "request body", started)
     }
 
     /// Validates a document without applying it (`POST /config/validate`).
@@ -182,6 +209,17 @@ impl Control {
 
     /// Applies `raw` as an admin change, written back to the file when persisting.
     pub fn apply_admin(&self, state: &mut State, raw: Node, source: &str) -> Result<String, ApplyError> {
+        self.apply_admin_since(state, raw, source, Instant::now())
+    }
+
+    /// [`Self::apply_admin`] for a change whose handling began at `started`.
+    fn apply_admin_since(
+        &self,
+        state: &mut State,
+        raw: Node,
+        source: &str,
+        started: Instant,
+    ) -> Result<String, ApplyError> {
         let text = if self.file.as_deref().is_some_and(is_json) {
             emit::to_json(&raw, false)
         } else {
@@ -189,7 +227,17 @@ impl Control {
         };
         let version = version_of(&text);
         let persist = self.persist(state).then_some(text);
-        self.swap(state, raw, version, source, Origin::Admin, persist)
+        self.swap(
+            state,
+            Change {
+                raw,
+                version,
+                source,
+                origin: Origin::Admin,
+                persist,
+                started,
+            },
+        )
     }
 
     /// Loads, validates and compiles `raw` against the state in force.
@@ -209,16 +257,15 @@ impl Control {
         Ok((loaded, runtime))
     }
 
-    fn swap(
-        &self,
-        state: &mut State,
-        raw: Node,
-        version: String,
-        source: &str,
-        origin: Origin,
-        persist: Option<String>,
-    ) -> Result<String, ApplyError> {
-        let started = Instant::now();
+    fn swap(&self, state: &mut State, change: Change<'_>) -> Result<String, ApplyError> {
+        let Change {
+            raw,
+            version,
+            source,
+            origin,
+            persist,
+            started,
+        } = change;
         let (loaded, runtime) = self
             .prepare(state, &raw, source)
             .map_err(|e| self.refused(origin, e))?;

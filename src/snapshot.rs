@@ -325,7 +325,13 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
             },
         },
     };
-    let tracer = match cfg.server.tracing.as_ref().filter(|t| t.otlp_endpoint.is_some()) {
+    // An empty endpoint (`${OTLP_ENDPOINT:-}`) is no endpoint.
+    let tracer = match cfg
+        .server
+        .tracing
+        .as_ref()
+        .filter(|t| t.otlp_endpoint.as_deref().is_some_and(|e| !e.is_empty()))
+    {
         None => None,
         // The same settings keep their exporter (and its queue) across reloads.
         Some(t) => match previous.and_then(|p| p.settings.tracer.as_ref()) {

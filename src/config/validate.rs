@@ -163,7 +163,7 @@ impl Validator {
             }
         }
         if let Some(t) = &s.tracing {
-            if let Some(endpoint) = &t.otlp_endpoint
+            if let Some(endpoint) = t.otlp_endpoint.as_deref().filter(|e| !e.is_empty())
                 && let Err(e) = crate::telemetry::trace::traces_url(endpoint)
             {
                 self.err("server.tracing.otlp_endpoint", e);
