@@ -26,21 +26,8 @@ CARGO_TARGET_DIR="$WORK/upstream-target" cargo build --release --manifest-path "
 export UPSTREAM_BIN="$WORK/upstream-target/release/upstream"
 
 PORT=19500
-cat >"$WORK/bench.yaml" <<YAML
-version: 1
-server:
-  listeners:
-    - name: bench
-      address: 127.0.0.1:$PORT
-upstreams:
-  - name: up
-    targets: [{ url: "http://\${BENCH_UPSTREAM}" }]
-    keepalive: { max_idle_per_target: 256, idle_timeout: 60s }
-routes:
-  - name: all
-    match: { paths: ["/"] }
-    upstream: up
-YAML
+. "$ROOT/bench/common.sh"
+bench_config "$PORT" >"$WORK/bench.yaml"
 
 NGX="$WORK/nginx-eq"
 mkdir -p "$NGX"

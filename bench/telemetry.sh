@@ -27,25 +27,10 @@ CARGO_TARGET_DIR="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target" \
   cargo build --release --manifest-path "$HARNESS/upstream/Cargo.toml" >&2
 export UPSTREAM_BIN="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target/release/upstream"
 
-config() { # config PORT EXTRA
-  cat <<YAML
-version: 1
-server:
-  listeners: [{ name: bench, address: "127.0.0.1:$1" }]
-$2
-upstreams:
-  - name: up
-    targets: [{ url: "http://\${BENCH_UPSTREAM}" }]
-    keepalive: { max_idle_per_target: 256, idle_timeout: 60s }
-routes:
-  - name: all
-    match: { paths: ["/"] }
-    upstream: up
-YAML
-}
-config 19700 "" >"$WORK/plain.yaml"
-config 19701 "" >"$WORK/metrics.yaml"
-config 19702 "  access_log: { enabled: true, path: $WORK/access.log }" >"$WORK/log.yaml"
+. "$ROOT/bench/common.sh"
+bench_config 19700 >"$WORK/plain.yaml"
+bench_config 19701 >"$WORK/metrics.yaml"
+bench_config 19702 "  access_log: { enabled: true, path: $WORK/access.log }" >"$WORK/log.yaml"
 rm -f "$WORK/access.log"
 trap 'rm -f "$WORK/access.log"' EXIT
 

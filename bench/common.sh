@@ -1,0 +1,21 @@
+# Shared by the bench scripts (sourced, not run).
+
+# bench_config PORT [EXTRA_SERVER_LINES]: the one-route proxy config every
+# benchmark measures, on 127.0.0.1:PORT, to the harness's upstream
+# ($BENCH_UPSTREAM, set by the harness for each candidate).
+bench_config() {
+  cat <<YAML
+version: 1
+server:
+  listeners: [{ name: bench, address: "127.0.0.1:$1" }]
+${2:-}
+upstreams:
+  - name: up
+    targets: [{ url: "http://\${BENCH_UPSTREAM}" }]
+    keepalive: { max_idle_per_target: 256, idle_timeout: 60s }
+routes:
+  - name: all
+    match: { paths: ["/"] }
+    upstream: up
+YAML
+}
