@@ -129,7 +129,7 @@ pub async fn run(startup: Startup, shutdown: impl Future<Output = ()>) -> Result
     // The last lines of the access log are written before the process exits.
     let rt = handle.load();
     if let Some(log) = &rt.settings.access_log {
-        log.flush();
+        log.flush(std::time::Duration::from_secs(2));
     }
     if let Some(tracer) = &rt.settings.tracer {
         tracer.flush();

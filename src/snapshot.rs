@@ -308,7 +308,7 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
         None => None,
         // The same destination keeps its writer (and its queue) across reloads.
         Some(a) => match previous.and_then(|p| p.settings.access_log.as_ref()) {
-            Some(old) if old.path == a.path => Some(old.clone()),
+            Some(old) if old.path == a.path && old.max_pending as u64 == a.buffer.0 => Some(old.clone()),
             _ if !errors.is_empty() => None,
             _ if !open_outputs => {
                 if let Err(e) = AccessLog::check(&a.path) {
@@ -316,7 +316,7 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
                 }
                 None
             }
-            _ => match AccessLog::open(&a.path) {
+            _ => match AccessLog::open(&a.path, a.buffer.0 as usize) {
                 Ok(log) => Some(Arc::new(log)),
                 Err(e) => {
                     errors.push(FieldError::new("server.access_log.path", e));

@@ -428,3 +428,34 @@ async fn access_log_to_a_file() {
     drop(gw);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A log consumer that stops reading (stdout is a pipe nobody reads) does
+/// not slow requests: lines past `access_log.buffer` are dropped and counted.
+#[tokio::test]
+async fn a_stuck_access_log_drops_lines_instead_of_slowing_requests() {
+    let gw = Gateway::start_stuck_stdout(&with_admin(config(
+        "  []",
+        &respond_route("ping", "= /ping", "pong"),
+        "  access_log: {enabled: true, buffer: 16KiB}\n",
+    )));
+    let client = client_h1();
+    let started = std::time::Instant::now();
+    // ~340 bytes a line: the 64 KiB pipe and the 16 KiB buffer hold ~240.
+    for _ in 0..2000 {
+        let r = send(
+            &client,
+            req("GET", &gw.url("/ping")).body(Full::default()).unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let took = started.elapsed();
+    let m = metrics(&gw).await;
+    let dropped = sample(&m, "portcullis_access_log_dropped_total");
+    assert!(dropped >= 1000.0, "dropped {dropped}\n{m}");
+    // Not a timing target: a blocked writer would stall these requests for good.
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    // Nor does it stop a clean shutdown.
+    let mut gw = gw;
+    assert!(gw.terminate().success());
+}

@@ -156,6 +156,14 @@ pub struct AccessLogConfig {
     pub path: String,
     #[serde(default = "json")]
     pub format: String,
+    /// Lines waiting for the writer, at most; past it new lines are
+    /// dropped (and counted) rather than slowing requests.
+    #[serde(default = "default_access_log_buffer")]
+    pub buffer: ByteSize,
+}
+
+fn default_access_log_buffer() -> ByteSize {
+    ByteSize(8 << 20)
 }
 
 #[derive(Debug, Clone, Deserialize)]

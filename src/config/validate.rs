@@ -158,6 +158,9 @@ impl Validator {
                     ),
                 );
             }
+            if log.buffer.0 < 4096 {
+                self.err("server.access_log.buffer", "must be at least 4KiB");
+            }
             if log.path.is_empty() {
                 self.err("server.access_log.path", "must be `stdout` or a file path");
             }

@@ -18,8 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method};
 
-/// Bytes waiting to be written; beyond this, new lines are dropped.
-const MAX_PENDING: usize = 8 << 20;
 /// How often the writer takes the buffer while lines are coming.
 const POLL: Duration = Duration::from_millis(10);
 /// After this many empty polls the writer sleeps until a line comes.
@@ -132,6 +130,8 @@ impl Line {
 /// One log destination.
 pub struct AccessLog {
     pub path: String,
+    /// Bytes waiting to be written, at most; beyond, new lines are dropped.
+    pub max_pending: usize,
     shared: Arc<Shared>,
 }
 
@@ -170,7 +170,7 @@ impl Drop for Line {
 
 impl AccessLog {
     /// Opens `path` (`stdout`, `stderr`, or a file appended to) and starts its writer.
-    pub fn open(path: &str) -> Result<AccessLog, String> {
+    pub fn open(path: &str, max_pending: usize) -> Result<AccessLog, String> {
         let out: Box<dyn Write + Send> = if path == "stdout" {
             Box::new(std::io::stdout())
         } else if path == "stderr" {
@@ -198,6 +198,7 @@ impl AccessLog {
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;
         Ok(AccessLog {
             path: path.to_string(),
+            max_pending,
             shared,
         })
     }
@@ -229,7 +230,7 @@ impl AccessLog {
     pub fn log(&self, line: &[u8]) {
         {
             let mut pending = lock(&self.shared.pending);
-            if pending.len() + line.len() > MAX_PENDING {
+            if pending.len() + line.len() > self.max_pending {
                 drop(pending);
                 super::metrics().access_log_dropped.inc();
                 return;
@@ -241,9 +242,20 @@ impl AccessLog {
         }
     }
 
-    /// Writes what is pending now (at shutdown).
-    pub fn flush(&self) {
-        write_pending(&self.shared, &mut Vec::new());
+    /// Writes what is pending now (at shutdown), waiting at most `limit`:
+    /// a destination that stopped reading must not stop the process.
+    pub fn flush(&self, limit: Duration) {
+        let shared = self.shared.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("access-log-flush".into())
+            .spawn(move || {
+                write_pending(&shared, &mut Vec::new());
+                let _ = tx.send(());
+            });
+        if spawned.is_ok() && rx.recv_timeout(limit).is_err() {
+            tracing::warn!(path = %self.path, "access log not flushed at shutdown: its destination does not take writes");
+        }
     }
 }
 

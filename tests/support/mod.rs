@@ -34,6 +34,8 @@ pub struct Gateway {
     pub stdout: Arc<Mutex<Vec<String>>>,
     /// Whether dropping this removes the config file's directory.
     owns_config: bool,
+    /// Stdout left unread (a stuck log reader), when asked for.
+    _unread_stdout: Option<std::process::ChildStdout>,
 }
 
 /// Writes `yaml` to `config.yaml` in a directory of its own (the gateway
@@ -67,8 +69,20 @@ impl Gateway {
         gw
     }
 
+    /// Starts the gateway with a stdout nobody reads: once the pipe is
+    /// full, writes to it block (a stuck access log consumer).
+    pub fn start_stuck_stdout(yaml: &str) -> Gateway {
+        let mut gw = Gateway::start_opts(&write_config(yaml), &[], false);
+        gw.owns_config = true;
+        gw
+    }
+
     /// Starts the gateway on an existing config file (kept on drop).
     pub fn start_file(config_path: &std::path::Path, args: &[&str]) -> Gateway {
+        Gateway::start_opts(config_path, args, true)
+    }
+
+    fn start_opts(config_path: &std::path::Path, args: &[&str], read_stdout: bool) -> Gateway {
         let mut child = Command::new(bin())
             .args(["run", "-c"])
             .arg(config_path)
@@ -83,12 +97,17 @@ impl Gateway {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stdout2 = stdout.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout_pipe).lines() {
-                let Ok(line) = line else { break };
-                stdout2.lock().unwrap().push(line);
-            }
-        });
+        let mut unread = None;
+        if read_stdout {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout_pipe).lines() {
+                    let Ok(line) = line else { break };
+                    stdout2.lock().unwrap().push(line);
+                }
+            });
+        } else {
+            unread = Some(stdout_pipe);
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let logs2 = logs.clone();
         std::thread::spawn(move || {
@@ -128,6 +147,7 @@ impl Gateway {
             logs,
             stdout,
             owns_config: false,
+            _unread_stdout: unread,
         }
     }
 
