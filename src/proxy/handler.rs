@@ -69,7 +69,6 @@ pub async fn handle(
         Some(v) if forwarded::valid_request_id(v) => v.clone(),
         _ => forwarded::new_request_id(),
     };
-    let started = ex.started();
     if let Some(log) = &mut ex.log {
         // The host as sent (checked later): the URI's authority, or Host.
         let host = req
@@ -78,7 +77,6 @@ pub async fn handle(
             .map(|a| a.as_str())
             .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
         log.line = Some(Line::begin(
-            started,
             request_id.to_str().unwrap_or(""),
             req.method(),
             host,

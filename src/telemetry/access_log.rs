@@ -14,7 +14,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
 
@@ -47,17 +47,13 @@ pub struct Outcome<'a> {
 
 impl Line {
     /// The request's part: time, id, method, host (as sent), path.
-    /// `start` is when the request arrived.
-    pub fn begin(start: Instant, request_id: &str, method: &Method, host: Option<&str>, path: &str) -> Line {
+    /// Begun as soon as the request's id is known (its time is now).
+    pub fn begin(request_id: &str, method: &Method, host: Option<&str>, path: &str) -> Line {
         let mut out = POOL
             .with(|p| p.borrow_mut().pop())
             .unwrap_or_else(|| Vec::with_capacity(384));
         out.put("{\"time\":\"");
-        DATE.with(|d| {
-            let mut d = d.borrow_mut();
-            let wall = d.wall_time(start);
-            d.time(wall, &mut out)
-        });
+        DATE.with(|d| d.borrow_mut().time(SystemTime::now(), &mut out));
         out.put("\",\"request_id\":");
         json_str(request_id, &mut out);
         // A method is an RFC 9110 token: no quote, backslash or control.
@@ -320,25 +316,9 @@ struct DateCache {
     /// The whole second last formatted, and its `YYYY-MM-DDTHH:MM:SS`.
     second: Option<u64>,
     date: String,
-    /// The wall clock at a monotonic instant, read again at least every
-    /// second, so the request's own start instant gives its wall time
-    /// without another clock read.
-    anchor: Option<(Instant, SystemTime)>,
 }
 
 impl DateCache {
-    fn wall_time(&mut self, at: Instant) -> SystemTime {
-        match self.anchor {
-            Some((mono, wall)) if at >= mono && at - mono < Duration::from_secs(1) => wall + (at - mono),
-            _ => {
-                let (mono, wall) = (Instant::now(), SystemTime::now());
-                self.anchor = Some((mono, wall));
-                wall.checked_sub(mono.saturating_duration_since(at))
-                    .unwrap_or(wall)
-            }
-        }
-    }
-
     /// `2026-11-23T07:55:01.123Z`; the part up to the second is reused.
     fn time(&mut self, t: SystemTime, out: &mut Vec<u8>) {
         let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -520,13 +500,7 @@ mod tests {
 
     #[test]
     fn a_line_is_one_json_object() {
-        let mut line = Line::begin(
-            Instant::now(),
-            "abc",
-            &Method::GET,
-            Some("api.example.com"),
-            "/users/7",
-        );
+        let mut line = Line::begin("abc", &Method::GET, Some("api.example.com"), "/users/7");
         line.client(
             &HeaderValue::from_static("10.0.0.1"),
             Some(b"0af7651916cd43dd8448eb211c80319c"),
@@ -546,7 +520,7 @@ mod tests {
 
     #[test]
     fn a_request_refused_early_still_logs_every_field() {
-        let mut line = Line::begin(Instant::now(), "x\"y", &Method::POST, Some("h\"ost"), "/p");
+        let mut line = Line::begin("x\"y", &Method::POST, Some("h\"ost"), "/p");
         let v: serde_json::Value = serde_json::from_slice(line.end(&outcome())).unwrap();
         assert_eq!(v["client_ip"], "127.0.0.1");
         assert!(v["trace_id"].is_null());
