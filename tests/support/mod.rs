@@ -56,6 +56,21 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_portcullis")
 }
 
+/// Runs `portcullis COMMAND -c FILE` on `yaml`, expects exit code 1, and
+/// returns what it printed on stderr.
+pub fn fails(command: &str, yaml: &str) -> String {
+    let path = write_config(yaml);
+    let out = Command::new(bin())
+        .args([command, "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err
+}
+
 impl Gateway {
     /// Starts the gateway; listeners in `yaml` should use `127.0.0.1:0`.
     pub fn start(yaml: &str) -> Gateway {
