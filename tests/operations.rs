@@ -459,3 +459,40 @@ async fn a_stuck_access_log_drops_lines_instead_of_slowing_requests() {
     let mut gw = gw;
     assert!(gw.terminate().success());
 }
+
+/// Limits change on reload too: a header size that passed is refused after
+/// the limit is lowered.
+#[tokio::test]
+async fn reloaded_limits_apply() {
+    let text = |limit: &str| {
+        with_admin(config(
+            "  []",
+            &respond_route("ping", "= /ping", "pong"),
+            &format!("  limits: {{max_request_header_bytes: {limit}}}\n"),
+        ))
+    };
+    let gw = Gateway::start_with(&text("32KiB"), &["--no-watch"]);
+    let big = "x".repeat(3000);
+    let hit = || async {
+        send(
+            &client_h1(),
+            req("GET", &gw.url("/ping"))
+                .header("x-big", big.as_str())
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .status
+    };
+    assert_eq!(hit().await, 200);
+    let r = send(
+        &client_h1(),
+        req("PUT", &gw.admin_url("/config"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(Bytes::from(text("2KiB"))))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(hit().await, 431);
+}

@@ -80,7 +80,6 @@ pub async fn serve(listeners: Vec<Listener>, runtime: RuntimeHandle, shutdown: i
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = Arc::new(ServerCtx {
-        builder: connection_builder(&runtime),
         runtime,
         active: AtomicUsize::new(0),
     });
@@ -124,7 +123,6 @@ pub async fn serve(listeners: Vec<Listener>, runtime: RuntimeHandle, shutdown: i
 
 struct ServerCtx {
     runtime: RuntimeHandle,
-    builder: auto::Builder<TokioExecutor>,
     /// Open client connections, against `max_connections`.
     active: AtomicUsize,
 }
@@ -184,11 +182,13 @@ async fn serve_connection(
     }
     let _active = Active(&ctx.active, gauge);
 
-    let (header_timeout, idle_timeout) = {
+    // The limits in force when the connection opens apply to all of it.
+    let (header_timeout, idle_timeout, builder) = {
         let rt = ctx.runtime.load();
         (
             rt.settings.limits.header_read_timeout.0,
             rt.settings.limits.idle_timeout.0,
+            connection_builder(&rt.settings.limits),
         )
     };
     let tracker = Arc::new(Tracker::new());
@@ -227,9 +227,8 @@ async fn serve_connection(
     // hyper alone; this task only waits for the watchdog or the end.
     let done = Arc::new(tokio::sync::Notify::new());
     let done_tx = done.clone();
-    let conn_ctx = ctx.clone();
     let conn_task = tokio::spawn(async move {
-        let conn = watcher.watch(conn_ctx.builder.serve_connection(io, service));
+        let conn = watcher.watch(builder.serve_connection(io, service));
         if let Err(e) = conn.await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
@@ -524,9 +523,7 @@ impl AsyncWrite for WatchedStream {
     }
 }
 
-fn connection_builder(runtime: &RuntimeHandle) -> auto::Builder<TokioExecutor> {
-    let rt = runtime.load();
-    let limits = &rt.settings.limits;
+fn connection_builder(limits: &crate::config::LimitsConfig) -> auto::Builder<TokioExecutor> {
     // Requests a little over the header limit still parse, so the handler
     // answers them with a problem+json 431; far beyond it (this backstop)
     // the protocol layer refuses them by itself. Bounded by the 1 MiB
