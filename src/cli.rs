@@ -78,7 +78,7 @@ pub fn main() -> ExitCode {
         Command::Version => {
             println!("portcullis {}", env!("CARGO_PKG_VERSION"));
             println!(
-                "features: http1, h2c, routing, load-balancing, hot-reload, admin-api, prometheus-metrics, access-log, otlp-traces, plugins: ip_restriction, request_transform, response_transform"
+                "features: http1, h2c, routing, load-balancing, hot-reload, admin-api, prometheus-metrics, access-log, otlp-traces, plugins: ip_restriction, api_key, acl, request_transform, response_transform"
             );
             ExitCode::SUCCESS
         }

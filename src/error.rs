@@ -23,6 +23,13 @@ pub enum GatewayError {
     BadRequest { detail: &'static str, close: bool },
     /// 400: the path is unsafe or malformed.
     InvalidPath(PathError),
+    /// 401: no valid credential, with the `WWW-Authenticate` challenge.
+    /// `plugin` names the auth plugin (the `auth_failures_total` label).
+    Unauthorized {
+        plugin: &'static str,
+        challenge: &'static str,
+        detail: &'static str,
+    },
     /// 403: refused by a plugin (ip_restriction, acl).
     Forbidden(&'static str),
     /// 404
@@ -45,6 +52,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest { .. } | GatewayError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -59,6 +67,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { .. } => "bad-request",
             GatewayError::InvalidPath(_) => "invalid-path",
+            GatewayError::Unauthorized { .. } => "unauthorized",
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::RouteNotFound => "route-not-found",
             GatewayError::MethodNotAllowed { .. } => "method-not-allowed",
@@ -73,6 +82,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { detail, .. } => (*detail).to_string(),
             GatewayError::InvalidPath(e) => e.describe().to_string(),
+            GatewayError::Unauthorized { detail, .. } => (*detail).to_string(),
             GatewayError::Forbidden(why) => (*why).to_string(),
             GatewayError::RouteNotFound => "no route matches this request".into(),
             GatewayError::MethodNotAllowed { allow } => {
@@ -120,6 +130,12 @@ impl GatewayError {
             tracing::warn!(request_id = ?request_id, error = ?self, "upstream call failed");
         }
         let mut resp = problem(status, self.slug(), &self.detail(), request_id);
+        if let GatewayError::Unauthorized { challenge, .. } = &self {
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         if let GatewayError::MethodNotAllowed { allow } = self
             && let Ok(v) = HeaderValue::from_str(&crate::router::allow_header(allow))
         {

@@ -12,6 +12,8 @@
 //! plugin means a module, a variant and a line in [`instantiate`]; the proxy
 //! core does not change.
 
+pub mod acl;
+pub mod api_key;
 pub mod ip_restriction;
 pub mod transform;
 
@@ -61,7 +63,8 @@ pub struct Consumer {
 
 impl Consumer {
     pub fn build(cfg: &crate::config::ConsumerConfig) -> Consumer {
-        let mut plugins: Vec<Plugin> = instantiate(&cfg.plugins)
+        // A consumer's own plugins run after auth: they need no key index.
+        let mut plugins: Vec<Plugin> = instantiate(&cfg.plugins, &Shared::default())
             .into_iter()
             .filter(|p| p.phase() > Phase::Auth)
             .collect();
@@ -86,6 +89,8 @@ pub enum Flow {
 #[derive(Clone)]
 pub enum Plugin {
     IpRestriction(Arc<ip_restriction::IpRestriction>),
+    ApiKey(Arc<api_key::ApiKey>),
+    Acl(Arc<acl::Acl>),
     RequestTransform(Arc<transform::RequestTransform>),
     ResponseTransform(Arc<transform::ResponseTransform>),
 }
@@ -94,6 +99,8 @@ impl Plugin {
     pub fn name(&self) -> &'static str {
         match self {
             Plugin::IpRestriction(_) => "ip_restriction",
+            Plugin::ApiKey(_) => "api_key",
+            Plugin::Acl(_) => "acl",
             Plugin::RequestTransform(_) => "request_transform",
             Plugin::ResponseTransform(_) => "response_transform",
         }
@@ -102,6 +109,8 @@ impl Plugin {
     pub fn phase(&self) -> Phase {
         match self {
             Plugin::IpRestriction(_) => Phase::IpRestriction,
+            Plugin::ApiKey(_) => Phase::Auth,
+            Plugin::Acl(_) => Phase::Acl,
             Plugin::RequestTransform(_) => Phase::RequestTransform,
             Plugin::ResponseTransform(_) => Phase::ResponseTransform,
         }
@@ -114,6 +123,8 @@ impl Plugin {
     async fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Result<Flow, GatewayError> {
         match self {
             Plugin::IpRestriction(p) => p.check(ctx.client_ip).map(|()| Flow::Continue),
+            Plugin::ApiKey(p) => p.authenticate(ctx, req).map(|()| Flow::Continue),
+            Plugin::Acl(p) => p.check(ctx).map(|()| Flow::Continue),
             Plugin::RequestTransform(p) => {
                 p.apply(req);
                 Ok(Flow::Continue)
@@ -125,18 +136,34 @@ impl Plugin {
     fn on_response(&self, _ctx: &RequestCtx, resp: &mut response::Parts) {
         match self {
             Plugin::ResponseTransform(p) => p.apply(resp),
-            Plugin::IpRestriction(_) | Plugin::RequestTransform(_) => {}
+            Plugin::IpRestriction(_) | Plugin::ApiKey(_) | Plugin::Acl(_) | Plugin::RequestTransform(_) => {}
         }
     }
 }
 
+/// What plugins are built with, besides their own options.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// Every consumer's API keys.
+    pub keys: Arc<api_key::KeyIndex>,
+}
+
 /// Builds the plugins configured in one scope, in no particular order.
-fn instantiate(cfg: &PluginsConfig) -> Vec<Plugin> {
+fn instantiate(cfg: &PluginsConfig, shared: &Shared) -> Vec<Plugin> {
     let mut out = Vec::new();
     if let Some(c) = &cfg.ip_restriction {
         out.push(Plugin::IpRestriction(Arc::new(
             ip_restriction::IpRestriction::new(c),
         )));
+    }
+    if let Some(c) = &cfg.api_key {
+        out.push(Plugin::ApiKey(Arc::new(api_key::ApiKey::new(
+            c,
+            shared.keys.clone(),
+        ))));
+    }
+    if let Some(c) = &cfg.acl {
+        out.push(Plugin::Acl(Arc::new(acl::Acl::new(c))));
     }
     if let Some(c) = &cfg.request_transform {
         out.push(Plugin::RequestTransform(Arc::new(
@@ -167,8 +194,8 @@ fn merge_consumer<'a>(chain: &'a [Plugin], own: &'a [Plugin]) -> Vec<&'a Plugin>
 pub struct GlobalPlugins(Vec<Plugin>);
 
 impl GlobalPlugins {
-    pub fn build(cfg: &PluginsConfig) -> Self {
-        GlobalPlugins(instantiate(cfg))
+    pub fn build(cfg: &PluginsConfig, shared: &Shared) -> Self {
+        GlobalPlugins(instantiate(cfg, shared))
     }
 }
 
@@ -181,8 +208,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Global plugins merged with the route's; the route's win by name.
-    pub fn build(global: &GlobalPlugins, route: &PluginsConfig) -> Pipeline {
-        let own = instantiate(route);
+    pub fn build(global: &GlobalPlugins, route: &PluginsConfig, shared: &Shared) -> Pipeline {
+        let own = instantiate(route, shared);
         let mut all: Vec<Plugin> = global
             .0
             .iter()
@@ -271,8 +298,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        let g = GlobalPlugins::build(&global);
-        let p = Pipeline::build(&g, &PluginsConfig::default());
+        let g = GlobalPlugins::build(&global, &Shared::default());
+        let p = Pipeline::build(&g, &PluginsConfig::default(), &Shared::default());
         assert_eq!(
             p.names(),
             ["ip_restriction", "request_transform", "response_transform"]
@@ -285,7 +312,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let p = Pipeline::build(&g, &route);
+        let p = Pipeline::build(&g, &route, &Shared::default());
         let Plugin::IpRestriction(ip) = &p.request[0] else {
             panic!()
         };

@@ -16,7 +16,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::{Cidr, Config, FieldError, LimitsConfig};
-use crate::plugins::{Consumer, GlobalPlugins, Pipeline};
+use crate::plugins::api_key::KeyIndex;
+use crate::plugins::{self, Consumer, GlobalPlugins, Pipeline};
 use crate::router::{Conditions, PathPattern, RouteTable};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::CounterCache;
@@ -195,7 +196,23 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
             Err((field, message)) => errors.push(FieldError::new(format!("upstreams[{i}].{field}"), message)),
         }
     }
-    let global = GlobalPlugins::build(&cfg.plugins);
+    let consumers: HashMap<String, Arc<Consumer>> = cfg
+        .consumers
+        .iter()
+        .map(|c| (c.name.clone(), Arc::new(Consumer::build(c))))
+        .collect();
+    let keys = match KeyIndex::build(&cfg.consumers, &consumers) {
+        Ok(keys) => keys,
+        Err(errs) => {
+            errors.extend(
+                errs.into_iter()
+                    .map(|(field, message)| FieldError::new(field, message)),
+            );
+            KeyIndex::default()
+        }
+    };
+    let shared = plugins::Shared { keys: Arc::new(keys) };
+    let global = GlobalPlugins::build(&cfg.plugins, &shared);
 
     let mut table_input = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
@@ -287,7 +304,7 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
                 .unwrap_or(cfg.server.limits.max_request_body_bytes)
                 .0,
             timeout: r.timeout.unwrap_or(cfg.server.limits.request_timeout).0,
-            pipeline: Pipeline::build(&global, &r.plugins),
+            pipeline: Pipeline::build(&global, &r.plugins, &shared),
         });
     }
     let table = match RouteTable::build(&table_input) {
@@ -364,11 +381,7 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
             routes,
             upstreams,
             unrouted: CounterCache::default(),
-            consumers: cfg
-                .consumers
-                .iter()
-                .map(|c| (c.name.clone(), Arc::new(Consumer::build(c))))
-                .collect(),
+            consumers,
         }),
         _ => Err(errors),
     }

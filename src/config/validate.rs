@@ -382,15 +382,30 @@ impl Validator {
                 );
             }
         }
+        if let Some(k) = api_key {
+            if HeaderName::from_bytes(k.header.as_bytes()).is_err() {
+                self.err(
+                    format!("{p}.api_key.header"),
+                    format!("`{}` is not a valid header name", k.header),
+                );
+            }
+            if k.query.as_deref() == Some("") {
+                self.err(format!("{p}.api_key.query"), "must not be empty");
+            }
+        }
+        if let Some(a) = acl
+            && a.allow.is_empty()
+            && a.deny.is_empty()
+        {
+            self.err(format!("{p}.acl"), "needs `allow` or `deny`");
+        }
         let unbuilt = [
             ("waf", waf.is_some()),
             ("cors", cors.is_some()),
             ("request_validation", request_validation.is_some()),
-            ("api_key", api_key.is_some()),
             ("jwt", jwt.is_some()),
             ("phantom_token", phantom_token.is_some()),
             ("hmac_auth", hmac_auth.is_some()),
-            ("acl", acl.is_some()),
             ("rate_limit", rate_limit.is_some()),
             ("cache", cache.is_some()),
             ("compression", compression.is_some()),

@@ -27,7 +27,7 @@ use crate::router::path;
 use crate::router::{Lookup, RouteRequest};
 use crate::snapshot::{Action, Route, Runtime};
 use crate::telemetry::access_log::Line;
-use crate::telemetry::metrics::{Name, UpstreamRequestLabels};
+use crate::telemetry::metrics::{Name, PluginLabels, UpstreamRequestLabels};
 use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::{self, Exchange};
 use crate::upstream::CallError;
@@ -204,6 +204,15 @@ async fn process(
         consumer: None,
     };
     let flow = route.pipeline.on_request(&mut ctx, &mut parts).await;
+    if let Err(GatewayError::Unauthorized { plugin, .. }) = &flow {
+        telemetry::metrics()
+            .auth_failures
+            .get_or_create(&PluginLabels {
+                route: Name(route.name.clone()),
+                plugin,
+            })
+            .inc();
+    }
     if let (Some(log), Some(consumer)) = (&mut ex.log, &ctx.consumer) {
         log.consumer = Some(consumer.name.as_str().into());
     }
