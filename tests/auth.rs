@@ -155,4 +155,13 @@ fn bad_key_configs_are_refused() {
         "{err}"
     );
     assert!(err.contains("routes[0].plugins.api_key.header"), "{err}");
+    let err = fails(
+        "validate",
+        "version: 1\nconsumers:\n  - {name: a, plugins: {api_key: {}, ip_restriction: {allow: [10.0.0.0/8]}}}\n",
+    );
+    assert!(
+        err.contains("consumers[0].plugins.api_key: `api_key` runs before the caller is identified"),
+        "{err}"
+    );
+    assert!(err.contains("consumers[0].plugins.ip_restriction"), "{err}");
 }

@@ -69,6 +69,24 @@ impl Validator {
                 );
             }
             self.plugins(&consumer.plugins, &format!("{p}.plugins"));
+            // These run before the consumer is known: on a consumer they would never run.
+            let pl = &consumer.plugins;
+            for (name, present) in [
+                ("ip_restriction", pl.ip_restriction.is_some()),
+                ("waf", pl.waf.is_some()),
+                ("cors", pl.cors.is_some()),
+                ("api_key", pl.api_key.is_some()),
+                ("jwt", pl.jwt.is_some()),
+                ("phantom_token", pl.phantom_token.is_some()),
+                ("hmac_auth", pl.hmac_auth.is_some()),
+            ] {
+                if present {
+                    self.err(
+                        format!("{p}.plugins.{name}"),
+                        format!("`{name}` runs before the caller is identified, so it cannot be set per consumer; set it on the route or globally"),
+                    );
+                }
+            }
         }
         self.plugins(&c.plugins, "plugins");
 
