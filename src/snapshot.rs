@@ -74,6 +74,8 @@ pub struct Route {
     pub duration: Histogram,
     /// `portcullis_requests_total{route,method,status}`.
     pub requests: CounterCache,
+    /// The name as a JSON string literal, for access log lines.
+    pub name_json: Box<str>,
     pub action: Action,
     pub max_body: u64,
     pub timeout: Duration,
@@ -297,6 +299,7 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
         routes.push(Route {
             duration: crate::telemetry::metrics().route_duration(&name),
             requests: CounterCache::default(),
+            name_json: crate::telemetry::access_log::json_literal(&name),
             name,
             action,
             max_body: r

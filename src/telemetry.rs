@@ -145,6 +145,10 @@ impl Exchange {
             );
         }
         if let (Some(mut log), Some(writer)) = (self.log, &rt.settings.access_log) {
+            let upstream_json = route.and_then(|r| match &r.action {
+                crate::snapshot::Action::Proxy { upstream, .. } => Some(&*upstream.name_json),
+                crate::snapshot::Action::Respond { .. } => None,
+            });
             let outcome = access_log::Outcome {
                 peer: self.peer,
                 status: self.status,
@@ -155,9 +159,9 @@ impl Exchange {
                 bytes_out,
                 duration: elapsed,
                 upstream_time: self.upstream_time,
-                route: route.map(|r| &*r.name),
-                upstream,
-                target: self.target.as_ref().map(|t| t.authority.as_str()),
+                route: route.map(|r| &*r.name_json),
+                upstream: upstream_json,
+                target: self.target.as_ref().map(|t| &*t.label_json),
                 consumer: log.consumer.as_deref(),
             };
             if let Some(line) = &mut log.line {

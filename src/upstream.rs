@@ -49,6 +49,8 @@ pub struct Target {
     pub authority: Authority,
     /// `host:port`, the `target` metric label.
     pub label: Arc<str>,
+    /// `host:port` as a JSON string literal, for access log lines.
+    pub label_json: Box<str>,
     /// `portcullis_upstream_requests_total{upstream,target,status}`, by status.
     pub requests: crate::telemetry::metrics::CounterCache,
     pub weight: u32,
@@ -90,6 +92,8 @@ impl Drop for InFlight {
 
 pub struct Upstream {
     pub name: Arc<str>,
+    /// The name as a JSON string literal, for access log lines.
+    pub name_json: Box<str>,
     /// `portcullis_upstream_duration_seconds{upstream}`.
     pub duration: prometheus_client::metrics::histogram::Histogram,
     pub targets: Vec<Arc<Target>>,
@@ -133,6 +137,7 @@ impl Upstream {
                 Ok(Arc::new(Target {
                     pool: Pool::new(authority.clone(), pool_cfg),
                     label: authority.as_str().into(),
+                    label_json: crate::telemetry::access_log::json_literal(authority.as_str()),
                     requests: Default::default(),
                     authority,
                     weight,
@@ -150,6 +155,7 @@ impl Upstream {
         let name: Arc<str> = cfg.name.as_str().into();
         Ok(Upstream {
             duration: crate::telemetry::metrics().upstream_duration(&name),
+            name_json: crate::telemetry::access_log::json_literal(&name),
             name,
             balancer: Balancer::new(cfg.load_balancing, &weights, hash_on),
             targets,

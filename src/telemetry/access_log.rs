@@ -39,10 +39,19 @@ pub struct Outcome<'a> {
     pub bytes_out: u64,
     pub duration: Duration,
     pub upstream_time: Option<Duration>,
+    /// Config names, as JSON string literals made once at load ([`json_literal`]).
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub target: Option<&'a str>,
     pub consumer: Option<&'a str>,
+}
+
+/// `s` as a JSON string literal (quoted, escaped): config names are
+/// formatted once when the config loads, not once per log line.
+pub fn json_literal(s: &str) -> Box<str> {
+    let mut out = Vec::new();
+    json_str(s, &mut out);
+    String::from_utf8(out).unwrap_or_default().into_boxed_str()
 }
 
 impl Line {
@@ -111,11 +120,11 @@ impl Line {
             None => out.put("null"),
         }
         out.put(",\"route\":");
-        opt_str(o.route, out);
+        opt_literal(o.route, out);
         out.put(",\"upstream\":");
-        opt_str(o.upstream, out);
+        opt_literal(o.upstream, out);
         out.put(",\"target\":");
-        opt_str(o.target, out);
+        opt_literal(o.target, out);
         out.put(",\"consumer\":");
         opt_str(o.consumer, out);
         out.put("}\n");
@@ -440,6 +449,11 @@ fn json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// A value already written as a JSON literal, or null.
+fn opt_literal(s: Option<&str>, out: &mut Vec<u8>) {
+    out.put(s.unwrap_or("null"));
+}
+
 fn opt_str(s: Option<&str>, out: &mut Vec<u8>) {
     match s {
         Some(s) => json_str(s, out),
@@ -491,7 +505,7 @@ mod tests {
             bytes_out: 12,
             duration: Duration::from_micros(1500),
             upstream_time: None,
-            route: Some("users\"api"),
+            route: Some(Box::leak(json_literal("users\"api"))),
             upstream: None,
             target: None,
             consumer: None,
