@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod hex;
 pub mod plugins;
 pub mod proxy;
 pub mod router;

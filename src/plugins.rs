@@ -141,6 +141,25 @@ impl Plugin {
     }
 }
 
+/// Replaces the request's query with `pairs` (`k=v`, already encoded);
+/// none left means no `?`.
+pub(crate) fn set_query<S: AsRef<str>>(req: &mut request::Parts, pairs: &[S]) {
+    let path = req.uri.path();
+    let pq = if pairs.is_empty() {
+        path.to_string()
+    } else {
+        let joined: Vec<&str> = pairs.iter().map(AsRef::as_ref).collect();
+        format!("{path}?{}", joined.join("&"))
+    };
+    let mut parts = req.uri.clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            req.uri = uri;
+        }
+    }
+}
+
 /// What plugins are built with, besides their own options.
 #[derive(Clone, Default)]
 pub struct Shared {

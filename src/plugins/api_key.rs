@@ -38,7 +38,7 @@ impl KeyIndex {
                 let field = format!("consumers[{i}].api_keys[{j}]");
                 let digest = match (&k.key, &k.key_sha256) {
                     (Some(key), None) if !key.is_empty() => Sha256::digest(key.as_bytes()).into(),
-                    (None, Some(hex)) => match parse_hex(hex) {
+                    (None, Some(hex)) => match crate::hex::decode::<32>(hex.as_bytes()) {
                         Some(d) => d,
                         None => {
                             errors.push((
@@ -75,20 +75,6 @@ impl KeyIndex {
         let digest: [u8; 32] = Sha256::digest(key).into();
         self.0.get(&digest)
     }
-}
-
-fn parse_hex(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in b.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi << 4 | lo) as u8;
-    }
-    Some(out)
 }
 
 /// Keys longer than this are refused without hashing.
@@ -176,23 +162,12 @@ fn strip_query_param(req: &mut request::Parts, name: &str) {
     let Some(query) = req.uri.query() else {
         return;
     };
-    let kept: Vec<&str> = query
+    let kept: Vec<String> = query
         .split('&')
         .filter(|pair| percent_decode(pair.split_once('=').map_or(pair, |(k, _)| k)) != name)
+        .map(str::to_string)
         .collect();
-    let path = req.uri.path();
-    let pq = if kept.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    };
-    let mut parts = req.uri.clone().into_parts();
-    if let Ok(pq) = pq.parse() {
-        parts.path_and_query = Some(pq);
-        if let Ok(uri) = http::Uri::from_parts(parts) {
-            req.uri = uri;
-        }
-    }
+    super::set_query(req, &kept);
 }
 
 #[cfg(test)]
@@ -207,13 +182,6 @@ mod tests {
         );
         assert_eq!(query_value("a=1", "api_key"), None);
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
-    }
-
-    #[test]
-    fn hex_digests() {
-        assert!(parse_hex(&"ab".repeat(32)).is_some());
-        assert!(parse_hex("ab").is_none());
-        assert!(parse_hex(&"zz".repeat(32)).is_none());
     }
 
     #[test]

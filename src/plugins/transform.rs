@@ -2,7 +2,7 @@
 //! and query add/remove. Applied in the order remove → rename → set → add,
 //! on the headers in place: no body is touched.
 
-use http::{HeaderMap, HeaderName, HeaderValue, Uri, request, response};
+use http::{HeaderMap, HeaderName, HeaderValue, request, response};
 
 use crate::config::{HeaderTransformConfig, RequestTransformConfig, ResponseTransformConfig};
 
@@ -119,19 +119,7 @@ impl RequestTransform {
             .map(str::to_string)
             .collect();
         query.extend(self.query_add.iter().map(|(k, v)| format!("{k}={v}")));
-        let path = req.uri.path();
-        let pq = if query.is_empty() {
-            path.to_string()
-        } else {
-            format!("{path}?{}", query.join("&"))
-        };
-        let mut parts = req.uri.clone().into_parts();
-        if let Ok(pq) = pq.parse() {
-            parts.path_and_query = Some(pq);
-            if let Ok(uri) = Uri::from_parts(parts) {
-                req.uri = uri;
-            }
-        }
+        super::set_query(req, &query);
     }
 }
 

@@ -155,10 +155,10 @@ impl Tracer {
         if !(t.sampled || error && self.settings.always_sample_errors) {
             return;
         }
-        let Some(trace_id) = hex_bytes::<16>(&t.sent[3..35]) else {
+        let Some(trace_id) = crate::hex::decode::<16>(&t.sent[3..35]) else {
             return;
         };
-        let Some(client_span_id) = hex_bytes::<8>(&t.sent[36..52]) else {
+        let Some(client_span_id) = crate::hex::decode::<8>(&t.sent[36..52]) else {
             return;
         };
         let server_span_id = fastrand::u64(1..).to_be_bytes();
@@ -178,7 +178,7 @@ impl Tracer {
             parent_span_id: t
                 .parent
                 .as_ref()
-                .and_then(|p| hex_bytes::<8>(p))
+                .and_then(|p| crate::hex::decode::<8>(p))
                 .map(|p| p.to_vec())
                 .unwrap_or_default(),
             name: match info.route {
@@ -288,19 +288,6 @@ fn int(key: &str, value: i64) -> KeyValue {
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn hex_bytes<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
-    if hex.len() != N * 2 {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in hex.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi << 4 | lo) as u8;
-    }
-    Some(out)
 }
 
 struct Exporter {
@@ -431,12 +418,5 @@ mod tests {
                 .contains("not supported yet")
         );
         assert!(traces_url("c:4318").is_err());
-    }
-
-    #[test]
-    fn hex() {
-        assert_eq!(hex_bytes::<2>(b"0aff"), Some([0x0a, 0xff]));
-        assert_eq!(hex_bytes::<2>(b"0ag0"), None);
-        assert_eq!(hex_bytes::<2>(b"0a"), None);
     }
 }
