@@ -197,14 +197,7 @@ impl Control {
     /// Validates a document without applying it (`POST /config/validate`).
     pub fn check(&self, text: &str, current: &State) -> Result<(), ConfigErrors> {
         let raw = config::parse_document(text, "request body")?;
-        let loaded = config::load_document(&raw, "request body", &env)?;
-        let restart = restart_only_changes(&current.loaded, &loaded);
-        if !restart.is_empty() {
-            return Err(loaded.locate(restart));
-        }
-        snapshot::check(&loaded.config)
-            .map(|_| ())
-            .map_err(|e| loaded.locate(e))
+        self.prepare(current, &raw, "request body", false).map(|_| ())
     }
 
     /// Applies `raw` as an admin change, written back to the file when persisting.
@@ -241,19 +234,26 @@ impl Control {
     }
 
     /// Loads, validates and compiles `raw` against the state in force.
+    /// `apply`: compile to be put in force (outputs opened, unchanged
+    /// targets carried over); else only check it (`snapshot::check`).
     fn prepare(
         &self,
         state: &State,
         raw: &Node,
         source: &str,
+        apply: bool,
     ) -> Result<(Loaded, snapshot::Runtime), ConfigErrors> {
         let loaded = config::load_document(raw, source, &env)?;
         let restart = restart_only_changes(&state.loaded, &loaded);
         if !restart.is_empty() {
             return Err(loaded.locate(restart));
         }
-        let current = self.runtime.load();
-        let runtime = snapshot::compile(&loaded.config, Some(&current)).map_err(|e| loaded.locate(e))?;
+        let runtime = if apply {
+            snapshot::compile(&loaded.config, Some(&self.runtime.load()))
+        } else {
+            snapshot::check(&loaded.config)
+        };
+        let runtime = runtime.map_err(|e| loaded.locate(e))?;
         Ok((loaded, runtime))
     }
 
@@ -267,7 +267,7 @@ impl Control {
             started,
         } = change;
         let (loaded, runtime) = self
-            .prepare(state, &raw, source)
+            .prepare(state, &raw, source, true)
             .map_err(|e| self.refused(origin, e))?;
         if let (Some(text), Some(path)) = (persist, &self.file) {
             write_atomically(path, text.as_bytes()).map_err(|e| {
@@ -450,14 +450,6 @@ pub fn find<'a>(doc: &'a Node, kind: Kind, name: &str) -> Option<&'a Node> {
     match &doc.get(kind.section())?.kind {
         NodeKind::Seq(items) => items.iter().find(|n| name_of(n) == Some(name)),
         _ => None,
-    }
-}
-
-/// Names of the objects of `kind` in `doc`.
-pub fn names(doc: &Node, kind: Kind) -> Vec<String> {
-    match doc.get(kind.section()).map(|n| &n.kind) {
-        Some(NodeKind::Seq(items)) => items.iter().filter_map(name_of).map(str::to_string).collect(),
-        _ => Vec::new(),
     }
 }
 

@@ -83,9 +83,10 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn upstream_name(&self) -> Option<Arc<str>> {
+    /// The upstream it proxies to, if it does.
+    pub fn upstream(&self) -> Option<&Upstream> {
         match &self.action {
-            Action::Proxy { upstream, .. } => Some(upstream.name.clone()),
+            Action::Proxy { upstream, .. } => Some(upstream),
             Action::Respond { .. } => None,
         }
     }

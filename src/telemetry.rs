@@ -106,7 +106,8 @@ impl Exchange {
         let elapsed = self.start.elapsed();
         let m = metrics();
         let route = self.route.map(|i| &rt.routes[i]);
-        let method = metrics::method_label(&self.method);
+        let method_index = metrics::method_index(&self.method);
+        let method = metrics::METHOD_LABELS[method_index];
         let lookup = || {
             let route_name = route.map_or_else(|| Arc::clone(&NO_ROUTE), |r| r.name.clone());
             m.requests
@@ -117,7 +118,7 @@ impl Exchange {
                 })
                 .clone()
         };
-        let key = metrics::method_status_key(method, self.status);
+        let key = metrics::method_status_key(method_index, self.status);
         match route {
             Some(r) => r.requests.inc(key, lookup),
             None => rt.unrouted.inc(key, lookup),
@@ -125,10 +126,7 @@ impl Exchange {
         if let Some(r) = route {
             r.duration.observe(elapsed.as_secs_f64());
         }
-        let upstream = route.and_then(|r| match &r.action {
-            crate::snapshot::Action::Proxy { upstream, .. } => Some(&*upstream.name),
-            crate::snapshot::Action::Respond { .. } => None,
-        });
+        let upstream = route.and_then(|r| r.upstream());
         if let (Some(t), Some(tracer)) = (&self.trace, &rt.settings.tracer) {
             tracer.record(
                 t,
@@ -137,7 +135,7 @@ impl Exchange {
                     route: route.map(|r| &*r.name),
                     status: self.status,
                     end: std::time::SystemTime::now(),
-                    upstream,
+                    upstream: upstream.map(|u| &*u.name),
                     target: self.target.as_ref().map(|t| &t.authority),
                     upstream_status: self.upstream_status,
                     upstream_time: self.upstream_time,
@@ -145,10 +143,6 @@ impl Exchange {
             );
         }
         if let (Some(mut log), Some(writer)) = (self.log, &rt.settings.access_log) {
-            let upstream_json = route.and_then(|r| match &r.action {
-                crate::snapshot::Action::Proxy { upstream, .. } => Some(&*upstream.name_json),
-                crate::snapshot::Action::Respond { .. } => None,
-            });
             let outcome = access_log::Outcome {
                 peer: self.peer,
                 status: self.status,
@@ -160,7 +154,7 @@ impl Exchange {
                 duration: elapsed,
                 upstream_time: self.upstream_time,
                 route: route.map(|r| &*r.name_json),
-                upstream: upstream_json,
+                upstream: upstream.map(|u| &*u.name_json),
                 target: self.target.as_ref().map(|t| &*t.label_json),
                 consumer: log.consumer.as_deref(),
             };

@@ -164,10 +164,8 @@ async fn process(
     parts
         .headers
         .insert(settings.request_id_header.clone(), request_id.clone());
-    let incoming_trace = parts
-        .headers
-        .get(&forwarded::TRACEPARENT)
-        .filter(|v| forwarded::valid_traceparent(v.as_bytes()));
+    // Checked by next_traceparent; checked again below only when tracing.
+    let incoming_trace = parts.headers.get(&forwarded::TRACEPARENT);
     let new_sampled = settings.tracer.as_ref().is_none_or(|t| t.sample());
     let traceparent = forwarded::next_traceparent(incoming_trace, new_sampled);
     if let Some(tracer) = &settings.tracer {
@@ -176,7 +174,9 @@ async fn process(
             ex.trace = Some(Box::new(RequestTrace {
                 start: std::time::SystemTime::now(),
                 sent: traceparent.as_bytes().try_into().unwrap_or([b'0'; 55]),
-                parent: incoming_trace.and_then(|v| v.as_bytes().get(36..52)?.try_into().ok()),
+                parent: incoming_trace
+                    .filter(|v| forwarded::valid_traceparent(v.as_bytes()))
+                    .and_then(|v| v.as_bytes().get(36..52)?.try_into().ok()),
                 sampled,
                 upstream_start: None,
                 path: parts.uri.path().to_string(),

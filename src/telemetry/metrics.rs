@@ -299,15 +299,11 @@ impl CounterCache {
     }
 }
 
-/// The key of a (method, status) pair in a [`CounterCache`].
-pub fn method_status_key(method: &'static str, status: u16) -> u32 {
-    let m = METHODS.iter().position(|x| *x == method).unwrap_or(METHODS.len()) as u32;
-    m << 16 | u32::from(status)
+/// The key of a (method, status) pair in a [`CounterCache`]; `method` is a
+/// [`method_index`].
+pub fn method_status_key(method: usize, status: u16) -> u32 {
+    (method as u32) << 16 | u32::from(status)
 }
-
-const METHODS: [&str; 9] = [
-    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
-];
 
 /// The metrics in the OpenMetrics text format.
 pub fn encode() -> String {
@@ -320,18 +316,27 @@ pub fn encode() -> String {
 /// A method as a label: the standard ones by name, anything else `OTHER`,
 /// so a client cannot mint new series.
 pub fn method_label(m: &http::Method) -> &'static str {
+    METHOD_LABELS[method_index(m)]
+}
+
+/// The `method` label values; [`method_index`] points into it.
+pub const METHOD_LABELS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+
+pub fn method_index(m: &http::Method) -> usize {
     use http::Method;
     match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
     }
 }
 
@@ -353,7 +358,7 @@ mod tests {
         // Through a cache: the same series.
         let cache = CounterCache::default();
         for _ in 0..2 {
-            cache.inc(method_status_key("OTHER", 200), || {
+            cache.inc(method_status_key(9, 200), || {
                 m.requests
                     .get_or_create(&RequestLabels {
                         route: Name("unit-test-route".into()),
