@@ -1,8 +1,10 @@
 //! Bodies that cross the gateway. Both directions stream frame by frame; no
-//! body is buffered whole on the proxy path.
+//! body is buffered whole on the proxy path unless a plugin needs it.
 //!
 //! - [`RequestBody`]: the client's body on its way upstream, cut off with
 //!   [`BodyTooLarge`] past the route's limit (the upstream never sees it whole).
+//!   Only a plugin that must check the body first (`hmac_auth`) reads it
+//!   whole, within that same limit.
 //! - [`ResponseBody`]: what the client receives: a gateway-made body, or the
 //!   upstream's body under the request deadline and the per-chunk read timeout.
 
@@ -59,21 +61,55 @@ impl std::error::Error for ClientBodyError {
     }
 }
 
-/// The client's request body, streamed upstream with a size limit.
+/// The client's request body, streamed upstream with a size limit; or a
+/// body already read whole (by a plugin that must see it, or made by the
+/// gateway itself).
 pub struct RequestBody {
-    inner: Incoming,
+    source: Source,
     remaining: u64,
-    /// Counts the bytes sent, for the access log.
+    /// Counts the bytes read from the client, for the access log.
     counter: Option<Arc<AtomicU64>>,
+}
+
+enum Source {
+    Stream(Incoming),
+    Full(Option<Bytes>),
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64, counter: Option<Arc<AtomicU64>>) -> Self {
         RequestBody {
-            inner,
+            source: Source::Stream(inner),
             remaining: limit,
             counter,
         }
+    }
+
+    /// A body the gateway sends itself (JWKS and introspection calls).
+    pub fn full(data: Bytes) -> Self {
+        RequestBody {
+            source: Source::Full(Some(data)),
+            remaining: u64::MAX,
+            counter: None,
+        }
+    }
+
+    /// Reads the whole body (within the route's limit) and keeps it, so it
+    /// is still sent upstream afterwards. For the plugins that must see the
+    /// body before the upstream call; everything else streams.
+    pub async fn read_whole(&mut self) -> Result<Bytes, BoxError> {
+        if let Source::Full(data) = &self.source {
+            return Ok(data.clone().unwrap_or_default());
+        }
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await {
+            if let Ok(data) = frame?.into_data() {
+                buf.extend_from_slice(&data);
+            }
+        }
+        let data = buf.freeze();
+        self.source = Source::Full(Some(data.clone()));
+        Ok(data)
     }
 }
 
@@ -85,7 +121,11 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let inner = match &mut self.source {
+            Source::Stream(inner) => inner,
+            Source::Full(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         Poll::Ready(match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
@@ -106,11 +146,17 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Stream(inner) => inner.is_end_stream(),
+            Source::Full(data) => data.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Stream(inner) => inner.size_hint(),
+            Source::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
     }
 }
 

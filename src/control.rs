@@ -72,6 +72,9 @@ pub struct Control {
     admin: arc_swap::ArcSwapOption<AdminConfig>,
     file: Option<PathBuf>,
     started: Instant,
+    /// The runtime the data plane runs on: a new config's background work
+    /// (key set downloads) is started there.
+    tokio: Option<tokio::runtime::Handle>,
 }
 
 /// A document's version: a hash of its text.
@@ -97,6 +100,7 @@ impl Control {
             state: tokio::sync::Mutex::new(state),
             file,
             started: Instant::now(),
+            tokio: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -278,6 +282,10 @@ impl Control {
         }
         let (routes, upstreams) = (runtime.routes.len(), runtime.upstreams.len());
         crate::telemetry::on_runtime(&runtime);
+        if let Some(tokio) = &self.tokio {
+            let _in_runtime = tokio.enter();
+            runtime.shared.start();
+        }
         let old = self.runtime.swap(Arc::new(runtime));
         self.admin.store(loaded.config.admin.clone().map(Arc::new));
         let replaced = std::mem::replace(

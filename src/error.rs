@@ -46,6 +46,10 @@ pub enum GatewayError {
     UpstreamProtocol(String),
     /// 504: the upstream or the route deadline timed out.
     GatewayTimeout,
+    /// 503: a service the gateway itself depends on (Redis, a token
+    /// introspection endpoint) failed; requests it guards fail closed.
+    /// `plugin` names the plugin; the cause goes to the log, not the client.
+    Unavailable { plugin: &'static str, cause: String },
 }
 
 impl GatewayError {
@@ -60,6 +64,7 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -75,6 +80,7 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } => "headers-too-large",
             GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => "bad-gateway",
             GatewayError::GatewayTimeout => "gateway-timeout",
+            GatewayError::Unavailable { .. } => "service-unavailable",
         }
     }
 
@@ -98,6 +104,9 @@ impl GatewayError {
             GatewayError::UpstreamConnect(_) => "the upstream service refused the connection".into(),
             GatewayError::UpstreamProtocol(_) => "the upstream service sent an invalid response".into(),
             GatewayError::GatewayTimeout => "the upstream service did not answer in time".into(),
+            GatewayError::Unavailable { .. } => {
+                "the gateway cannot check this request's credentials right now; try again later".into()
+            }
         }
     }
 
@@ -106,6 +115,7 @@ impl GatewayError {
             GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_)
             | GatewayError::GatewayTimeout => Side::Upstream,
+            GatewayError::Unavailable { .. } => Side::Gateway,
             _ => Side::Downstream,
         }
     }
@@ -126,8 +136,12 @@ impl GatewayError {
 
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let status = self.status();
-        if self.side() == Side::Upstream {
-            tracing::warn!(request_id = ?request_id, error = ?self, "upstream call failed");
+        match self.side() {
+            Side::Upstream => tracing::warn!(request_id = ?request_id, error = ?self, "upstream call failed"),
+            Side::Gateway => {
+                tracing::error!(request_id = ?request_id, error = ?self, "a service the gateway depends on failed")
+            }
+            Side::Downstream => {}
         }
         let mut resp = problem(status, self.slug(), &self.detail(), request_id);
         if let GatewayError::Unauthorized { challenge, .. } = &self {

@@ -15,15 +15,18 @@
 pub mod acl;
 pub mod api_key;
 pub mod ip_restriction;
+pub mod jwks;
+pub mod jwt;
 pub mod transform;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderValue, Response, request, response};
 
-use crate::body::ResponseBody;
-use crate::config::PluginsConfig;
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::{Config, ConsumerConfig, FieldError, PluginsConfig};
 use crate::error::GatewayError;
 
 /// The phases, in run order.
@@ -62,12 +65,19 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn build(cfg: &crate::config::ConsumerConfig) -> Consumer {
-        // A consumer's own plugins run after auth: they need no key index.
-        let mut plugins: Vec<Plugin> = instantiate(&cfg.plugins, &Shared::default())
-            .into_iter()
-            .filter(|p| p.phase() > Phase::Auth)
-            .collect();
+    /// Errors name the field under `scope` (`consumers[i]`).
+    pub fn build(cfg: &ConsumerConfig, scope: &str, errors: &mut Vec<FieldError>) -> Consumer {
+        // A consumer's own plugins run after auth (validation refuses the
+        // others): they need nothing shared.
+        let mut plugins: Vec<Plugin> = instantiate(
+            &cfg.plugins,
+            &Shared::default(),
+            &format!("{scope}.plugins"),
+            errors,
+        )
+        .into_iter()
+        .filter(|p| p.phase() > Phase::Auth)
+        .collect();
         plugins.sort_by_key(Plugin::phase);
         let (response, request) = plugins.into_iter().partition(Plugin::is_response_phase);
         Consumer {
@@ -90,6 +100,7 @@ pub enum Flow {
 pub enum Plugin {
     IpRestriction(Arc<ip_restriction::IpRestriction>),
     ApiKey(Arc<api_key::ApiKey>),
+    Jwt(Arc<jwt::Jwt>),
     Acl(Arc<acl::Acl>),
     RequestTransform(Arc<transform::RequestTransform>),
     ResponseTransform(Arc<transform::ResponseTransform>),
@@ -100,6 +111,7 @@ impl Plugin {
         match self {
             Plugin::IpRestriction(_) => "ip_restriction",
             Plugin::ApiKey(_) => "api_key",
+            Plugin::Jwt(_) => "jwt",
             Plugin::Acl(_) => "acl",
             Plugin::RequestTransform(_) => "request_transform",
             Plugin::ResponseTransform(_) => "response_transform",
@@ -109,7 +121,7 @@ impl Plugin {
     pub fn phase(&self) -> Phase {
         match self {
             Plugin::IpRestriction(_) => Phase::IpRestriction,
-            Plugin::ApiKey(_) => Phase::Auth,
+            Plugin::ApiKey(_) | Plugin::Jwt(_) => Phase::Auth,
             Plugin::Acl(_) => Phase::Acl,
             Plugin::RequestTransform(_) => Phase::RequestTransform,
             Plugin::ResponseTransform(_) => Phase::ResponseTransform,
@@ -120,10 +132,16 @@ impl Plugin {
         self.phase() >= Phase::ResponseTransform
     }
 
-    async fn on_request(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Result<Flow, GatewayError> {
+    async fn on_request(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &mut request::Parts,
+        _body: &mut RequestBody,
+    ) -> Result<Flow, GatewayError> {
         match self {
             Plugin::IpRestriction(p) => p.check(ctx.client_ip).map(|()| Flow::Continue),
             Plugin::ApiKey(p) => p.authenticate(ctx, req).map(|()| Flow::Continue),
+            Plugin::Jwt(p) => p.authenticate(ctx, req).await.map(|()| Flow::Continue),
             Plugin::Acl(p) => p.check(ctx).map(|()| Flow::Continue),
             Plugin::RequestTransform(p) => {
                 p.apply(req);
@@ -136,7 +154,11 @@ impl Plugin {
     fn on_response(&self, _ctx: &RequestCtx, resp: &mut response::Parts) {
         match self {
             Plugin::ResponseTransform(p) => p.apply(resp),
-            Plugin::IpRestriction(_) | Plugin::ApiKey(_) | Plugin::Acl(_) | Plugin::RequestTransform(_) => {}
+            Plugin::IpRestriction(_)
+            | Plugin::ApiKey(_)
+            | Plugin::Jwt(_)
+            | Plugin::Acl(_)
+            | Plugin::RequestTransform(_) => {}
         }
     }
 }
@@ -160,15 +182,92 @@ pub(crate) fn set_query<S: AsRef<str>>(req: &mut request::Parts, pairs: &[S]) {
     }
 }
 
-/// What plugins are built with, besides their own options.
-#[derive(Clone, Default)]
+/// What plugins are built with besides their own options: indexes over
+/// every consumer's credentials, and the connections shared by every plugin
+/// (carried over from the runtime before, so a reload does not reconnect).
+#[derive(Default)]
 pub struct Shared {
     /// Every consumer's API keys.
     pub keys: Arc<api_key::KeyIndex>,
+    /// Every consumer's `jwt_subjects`.
+    pub subjects: Arc<jwt::SubjectIndex>,
+    /// Downloaded key sets, by URL.
+    jwks: Mutex<HashMap<String, Arc<jwks::Jwks>>>,
+}
+
+impl Shared {
+    /// Indexes the consumers' credentials; errors name the field.
+    /// `previous` is the runtime's before (its connections are reused).
+    pub fn build(
+        cfg: &Config,
+        consumers: &HashMap<String, Arc<Consumer>>,
+        previous: Option<&Shared>,
+    ) -> (Shared, Vec<FieldError>) {
+        let mut errors = Vec::new();
+        let keys = api_key::KeyIndex::build(&cfg.consumers, consumers).unwrap_or_else(|errs| {
+            errors.extend(errs.into_iter().map(|(f, m)| FieldError::new(f, m)));
+            api_key::KeyIndex::default()
+        });
+        let mut subjects = jwt::SubjectIndex::new();
+        for (i, c) in cfg.consumers.iter().enumerate() {
+            let Some(consumer) = consumers.get(&c.name) else {
+                continue;
+            };
+            for (j, sub) in c.jwt_subjects.iter().enumerate() {
+                if let Some(other) = subjects.insert(sub.clone(), consumer.clone()) {
+                    errors.push(FieldError::new(
+                        format!("consumers[{i}].jwt_subjects[{j}]"),
+                        format!("`{sub}` is already a subject of consumer `{}`", other.name),
+                    ));
+                }
+            }
+        }
+        let jwks = previous
+            .map(|p| p.jwks.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        let shared = Shared {
+            keys: Arc::new(keys),
+            subjects: Arc::new(subjects),
+            jwks: Mutex::new(jwks),
+        };
+        (shared, errors)
+    }
+
+    /// The key set at `url`: the one already held, or a new one.
+    fn jwks(&self, url: &str) -> Result<Arc<jwks::Jwks>, String> {
+        let mut sets = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = sets.get(url) {
+            return Ok(set.clone());
+        }
+        let set = Arc::new(jwks::Jwks::new(url)?);
+        sets.insert(url.to_string(), set.clone());
+        Ok(set)
+    }
+
+    /// Keeps only what the config built on it uses (sets of a removed
+    /// `jwks_url` stop refreshing once their last plugin is gone).
+    pub fn retain_used(&self) {
+        let mut sets = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
+        sets.retain(|_, set| Arc::strong_count(set) > 1);
+    }
+
+    /// Starts the background work of a runtime put in force (key set
+    /// downloads). Needs a tokio runtime.
+    pub fn start(&self) {
+        for set in self.jwks.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            set.start();
+        }
+    }
 }
 
 /// Builds the plugins configured in one scope, in no particular order.
-fn instantiate(cfg: &PluginsConfig, shared: &Shared) -> Vec<Plugin> {
+/// Errors name the field under `scope` (`routes[3].plugins`).
+fn instantiate(
+    cfg: &PluginsConfig,
+    shared: &Shared,
+    scope: &str,
+    errors: &mut Vec<FieldError>,
+) -> Vec<Plugin> {
     let mut out = Vec::new();
     if let Some(c) = &cfg.ip_restriction {
         out.push(Plugin::IpRestriction(Arc::new(
@@ -180,6 +279,20 @@ fn instantiate(cfg: &PluginsConfig, shared: &Shared) -> Vec<Plugin> {
             c,
             shared.keys.clone(),
         ))));
+    }
+    if let Some(c) = &cfg.jwt {
+        let set = match c.jwks_url.as_deref().map(|url| shared.jwks(url)) {
+            Some(Err(e)) => {
+                errors.push(FieldError::new(format!("{scope}.jwt.jwks_url"), e));
+                None
+            }
+            Some(Ok(set)) => Some(set),
+            None => None,
+        };
+        match jwt::Jwt::new(c, shared.subjects.clone(), set) {
+            Ok(p) => out.push(Plugin::Jwt(Arc::new(p))),
+            Err((field, message)) => errors.push(FieldError::new(format!("{scope}.jwt.{field}"), message)),
+        }
     }
     if let Some(c) = &cfg.acl {
         out.push(Plugin::Acl(Arc::new(acl::Acl::new(c))));
@@ -195,6 +308,37 @@ fn instantiate(cfg: &PluginsConfig, shared: &Shared) -> Vec<Plugin> {
         )));
     }
     out
+}
+
+/// The (percent-decoded) value of `name` in a query string.
+pub(crate) fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+pub(crate) fn percent_decode(s: &str) -> String {
+    let hex = |c: &u8| (*c as char).to_digit(16);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => match (b.get(i + 1).and_then(hex), b.get(i + 2).and_then(hex)) {
+                (Some(h), Some(l)) => {
+                    out.push((h << 4 | l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `chain` with `own` merged in: same-named plugins replaced, the others
@@ -213,8 +357,8 @@ fn merge_consumer<'a>(chain: &'a [Plugin], own: &'a [Plugin]) -> Vec<&'a Plugin>
 pub struct GlobalPlugins(Vec<Plugin>);
 
 impl GlobalPlugins {
-    pub fn build(cfg: &PluginsConfig, shared: &Shared) -> Self {
-        GlobalPlugins(instantiate(cfg, shared))
+    pub fn build(cfg: &PluginsConfig, shared: &Shared, errors: &mut Vec<FieldError>) -> Self {
+        GlobalPlugins(instantiate(cfg, shared, "plugins", errors))
     }
 }
 
@@ -227,8 +371,15 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Global plugins merged with the route's; the route's win by name.
-    pub fn build(global: &GlobalPlugins, route: &PluginsConfig, shared: &Shared) -> Pipeline {
-        let own = instantiate(route, shared);
+    /// Errors name the field under `scope` (`routes[3].plugins`).
+    pub fn build(
+        global: &GlobalPlugins,
+        route: &PluginsConfig,
+        shared: &Shared,
+        scope: &str,
+        errors: &mut Vec<FieldError>,
+    ) -> Pipeline {
+        let own = instantiate(route, shared, scope, errors);
         let mut all: Vec<Plugin> = global
             .0
             .iter()
@@ -249,26 +400,27 @@ impl Pipeline {
         &self,
         ctx: &mut RequestCtx,
         req: &mut request::Parts,
+        body: &mut RequestBody,
     ) -> Result<Flow, GatewayError> {
         for (i, p) in self.request.iter().enumerate() {
             if p.phase() > Phase::Auth
                 && let Some(consumer) = ctx.consumer.clone().filter(|c| !c.request.is_empty())
             {
                 for p in merge_consumer(&self.request[i..], &consumer.request) {
-                    if let Flow::Respond(resp) = p.on_request(ctx, req).await? {
+                    if let Flow::Respond(resp) = p.on_request(ctx, req, body).await? {
                         return Ok(Flow::Respond(resp));
                     }
                 }
                 return Ok(Flow::Continue);
             }
-            if let Flow::Respond(resp) = p.on_request(ctx, req).await? {
+            if let Flow::Respond(resp) = p.on_request(ctx, req, body).await? {
                 return Ok(Flow::Respond(resp));
             }
         }
         // A consumer's plugins, when the route has nothing after auth.
         if let Some(consumer) = ctx.consumer.clone().filter(|c| !c.request.is_empty()) {
             for p in &consumer.request {
-                if let Flow::Respond(resp) = p.on_request(ctx, req).await? {
+                if let Flow::Respond(resp) = p.on_request(ctx, req, body).await? {
                     return Ok(Flow::Respond(resp));
                 }
             }
@@ -317,8 +469,15 @@ mod tests {
             }),
             ..Default::default()
         };
-        let g = GlobalPlugins::build(&global, &Shared::default());
-        let p = Pipeline::build(&g, &PluginsConfig::default(), &Shared::default());
+        let mut errors = Vec::new();
+        let g = GlobalPlugins::build(&global, &Shared::default(), &mut errors);
+        let p = Pipeline::build(
+            &g,
+            &PluginsConfig::default(),
+            &Shared::default(),
+            "r",
+            &mut errors,
+        );
         assert_eq!(
             p.names(),
             ["ip_restriction", "request_transform", "response_transform"]
@@ -331,7 +490,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        let p = Pipeline::build(&g, &route, &Shared::default());
+        let p = Pipeline::build(&g, &route, &Shared::default(), "r", &mut errors);
+        assert!(errors.is_empty());
         let Plugin::IpRestriction(ip) = &p.request[0] else {
             panic!()
         };

@@ -16,7 +16,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::{Cidr, Config, FieldError, LimitsConfig};
-use crate::plugins::api_key::KeyIndex;
 use crate::plugins::{self, Consumer, GlobalPlugins, Pipeline};
 use crate::router::{Conditions, PathPattern, RouteTable};
 use crate::telemetry::access_log::AccessLog;
@@ -38,6 +37,8 @@ pub struct Runtime {
     pub consumers: HashMap<String, Arc<Consumer>>,
     /// `portcullis_requests_total` of requests that matched no route.
     pub unrouted: CounterCache,
+    /// What the plugins share: credential indexes, key sets, connections.
+    pub shared: plugins::Shared,
 }
 
 /// Dropped route by route: the old runtime of a large config is freed on
@@ -202,20 +203,15 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
     let consumers: HashMap<String, Arc<Consumer>> = cfg
         .consumers
         .iter()
-        .map(|c| (c.name.clone(), Arc::new(Consumer::build(c))))
+        .enumerate()
+        .map(|(i, c)| {
+            let consumer = Consumer::build(c, &format!("consumers[{i}]"), &mut errors);
+            (c.name.clone(), Arc::new(consumer))
+        })
         .collect();
-    let keys = match KeyIndex::build(&cfg.consumers, &consumers) {
-        Ok(keys) => keys,
-        Err(errs) => {
-            errors.extend(
-                errs.into_iter()
-                    .map(|(field, message)| FieldError::new(field, message)),
-            );
-            KeyIndex::default()
-        }
-    };
-    let shared = plugins::Shared { keys: Arc::new(keys) };
-    let global = GlobalPlugins::build(&cfg.plugins, &shared);
+    let (shared, shared_errors) = plugins::Shared::build(cfg, &consumers, previous.map(|p| &p.shared));
+    errors.extend(shared_errors);
+    let global = GlobalPlugins::build(&cfg.plugins, &shared, &mut errors);
 
     let mut table_input = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
@@ -308,7 +304,7 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
                 .unwrap_or(cfg.server.limits.max_request_body_bytes)
                 .0,
             timeout: r.timeout.unwrap_or(cfg.server.limits.request_timeout).0,
-            pipeline: Pipeline::build(&global, &r.plugins, &shared),
+            pipeline: Pipeline::build(&global, &r.plugins, &shared, &format!("{p}.plugins"), &mut errors),
         });
     }
     let table = match RouteTable::build(&table_input) {
@@ -367,6 +363,7 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
             },
         },
     };
+    shared.retain_used();
     match table {
         Some(table) if errors.is_empty() => Ok(Runtime {
             settings: Settings {
@@ -386,6 +383,7 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
             upstreams,
             unrouted: CounterCache::default(),
             consumers,
+            shared,
         }),
         _ => Err(errors),
     }

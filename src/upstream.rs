@@ -2,6 +2,7 @@
 //! keep-alive connection pool that reaches them (HTTP/1.1 or HTTP/2).
 
 pub mod balance;
+pub mod fetch;
 pub mod pool;
 
 use std::sync::Arc;
@@ -17,31 +18,39 @@ use crate::config::{Protocol, UpstreamConfig};
 
 /// Checks a target URL: `http://host:port` with no path. Returns its authority.
 pub fn parse_target_url(url: &str) -> Result<Authority, String> {
+    let (authority, uri) = parse_http_url(url)?;
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!("`{url}`: a target is host:port only, without a path"));
+    }
+    Ok(authority)
+}
+
+/// Checks an `http` URL with a host and no credentials. Returns its
+/// authority (port 80 when none is written) and the parsed URL.
+fn parse_http_url(url: &str) -> Result<(Authority, http::Uri), String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            return Err("https targets are not supported yet (TLS to upstreams)".into());
+            return Err(format!("`{url}`: https is not supported yet (TLS to upstreams)"));
         }
         _ => return Err(format!("`{url}`: the scheme must be http")),
-    }
-    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-        return Err(format!("`{url}`: a target is host:port only, without a path"));
     }
     let auth = uri
         .authority()
         .ok_or_else(|| format!("`{url}` has no host"))?
         .clone();
     if auth.as_str().contains('@') {
-        return Err(format!("`{url}`: credentials in target URLs are not allowed"));
+        return Err(format!("`{url}`: credentials in URLs are not allowed"));
     }
-    if auth.port_u16().is_some() {
-        Ok(auth)
+    let auth = if auth.port_u16().is_some() {
+        auth
     } else {
         format!("{}:80", auth.host())
             .parse()
-            .map_err(|_| format!("`{url}` has an invalid host"))
-    }
+            .map_err(|_| format!("`{url}` has an invalid host"))?
+    };
+    Ok((auth, uri))
 }
 
 /// One backend instance. Lives as long as any request using it.

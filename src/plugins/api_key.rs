@@ -13,7 +13,7 @@ use std::sync::Arc;
 use http::{HeaderName, request};
 use sha2::{Digest, Sha256};
 
-use super::{Consumer, RequestCtx};
+use super::{Consumer, RequestCtx, percent_decode, query_value};
 use crate::config::{ApiKeyConfig, ConsumerConfig};
 use crate::error::GatewayError;
 
@@ -124,37 +124,6 @@ impl ApiKey {
         }
         Ok(())
     }
-}
-
-/// The (percent-decoded) value of `name` in a query string.
-fn query_value(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |c: &u8| (*c as char).to_digit(16);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => match (b.get(i + 1).and_then(hex), b.get(i + 2).and_then(hex)) {
-                (Some(h), Some(l)) => {
-                    out.push((h << 4 | l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Removes every `name=...` from the request's query.

@@ -203,7 +203,12 @@ async fn process(
         client_ip,
         consumer: None,
     };
-    let flow = route.pipeline.on_request(&mut ctx, &mut parts).await;
+    let bytes_in = ex
+        .log
+        .as_mut()
+        .and_then(|l| l.bytes_in.counter(&body.size_hint()));
+    let mut body = RequestBody::new(body, route.max_body, bytes_in);
+    let flow = route.pipeline.on_request(&mut ctx, &mut parts, &mut body).await;
     if let Err(GatewayError::Unauthorized { plugin, .. }) = &flow {
         telemetry::metrics()
             .auth_failures
@@ -308,7 +313,7 @@ async fn forward(
     ctx: &RequestCtx,
     mut parts: request::Parts,
     pq: PathAndQuery,
-    body: Incoming,
+    body: RequestBody,
     host: Option<HeaderValue>,
     deadline: Instant,
     ex: &mut Exchange,
@@ -350,11 +355,7 @@ async fn forward(
         }
     }
 
-    let bytes_in = ex
-        .log
-        .as_mut()
-        .and_then(|l| l.bytes_in.counter(&body.size_hint()));
-    let req = Request::from_parts(parts, RequestBody::new(body, route.max_body, bytes_in));
+    let req = Request::from_parts(parts, body);
     // The response head must come within the read timeout, and within what
     // is left of the route's deadline.
     let sent = Instant::now();

@@ -539,3 +539,64 @@ pub fn config(upstreams: &str, routes: &str, extra: &str) -> String {
 pub fn upstream(name: &str, up: &Upstream) -> String {
     format!("  - name: {name}\n    targets: [{{url: \"{}\"}}]\n", up.url())
 }
+
+/// A small HTTP/1.1 service on 127.0.0.1:0 (a JWKS endpoint, a token
+/// introspection endpoint): each request, its body read whole, is answered
+/// by `handler`. `hits` counts the requests.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Service {
+    pub async fn start<F>(handler: F) -> Service
+    where
+        F: Fn(http::request::Parts, Bytes) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let handler = Arc::new(handler);
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stop_rx.changed() => return,
+                    r = listener.accept() => r.unwrap(),
+                };
+                let (handler, counter) = (handler.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (handler, counter) = (handler.clone(), counter.clone());
+                        async move {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            Ok::<_, Infallible>(handler(parts, body))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Service { addr, hits, stop }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
