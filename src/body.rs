@@ -20,6 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::error::GatewayError;
 use crate::upstream::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -66,6 +67,8 @@ impl std::error::Error for ClientBodyError {
 /// gateway itself).
 pub struct RequestBody {
     source: Source,
+    /// The route's limit, and what is left of it.
+    limit: u64,
     remaining: u64,
     /// Counts the bytes read from the client, for the access log.
     counter: Option<Arc<AtomicU64>>,
@@ -80,6 +83,7 @@ impl RequestBody {
     pub fn new(inner: Incoming, limit: u64, counter: Option<Arc<AtomicU64>>) -> Self {
         RequestBody {
             source: Source::Stream(inner),
+            limit,
             remaining: limit,
             counter,
         }
@@ -89,6 +93,7 @@ impl RequestBody {
     pub fn full(data: Bytes) -> Self {
         RequestBody {
             source: Source::Full(Some(data)),
+            limit: u64::MAX,
             remaining: u64::MAX,
             counter: None,
         }
@@ -97,14 +102,27 @@ impl RequestBody {
     /// Reads the whole body (within the route's limit) and keeps it, so it
     /// is still sent upstream afterwards. For the plugins that must see the
     /// body before the upstream call; everything else streams.
-    pub async fn read_whole(&mut self) -> Result<Bytes, BoxError> {
+    pub async fn read_whole(&mut self) -> Result<Bytes, GatewayError> {
         if let Source::Full(data) = &self.source {
             return Ok(data.clone().unwrap_or_default());
         }
         let mut buf = bytes::BytesMut::new();
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await {
-            if let Ok(data) = frame?.into_data() {
-                buf.extend_from_slice(&data);
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                Err(e) if e.is::<BodyTooLarge>() => {
+                    return Err(GatewayError::PayloadTooLarge { limit: self.limit });
+                }
+                Err(_) => {
+                    return Err(GatewayError::BadRequest {
+                        detail: "the request body is malformed or was cut off",
+                        close: true,
+                    });
+                }
             }
         }
         let data = buf.freeze();

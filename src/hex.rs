@@ -1,4 +1,5 @@
-//! Fixed-size hex decoding (trace ids, SHA-256 digests in the config).
+//! Hex: fixed-size decoding (trace ids, SHA-256 digests in the config) and
+//! lowercase encoding (body digests of signed requests).
 
 /// `N` bytes from exactly `2 * N` hex digits (either case).
 pub fn decode<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
@@ -14,6 +15,17 @@ pub fn decode<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Lowercase hex of `bytes`.
+pub fn encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -21,5 +33,10 @@ mod tests {
         assert_eq!(super::decode::<2>(b"0aFF"), Some([0x0a, 0xff]));
         assert_eq!(super::decode::<2>(b"0ag0"), None);
         assert_eq!(super::decode::<2>(b"0a"), None);
+    }
+
+    #[test]
+    fn encodes_lowercase() {
+        assert_eq!(super::encode(&[0x0a, 0xff, 0x10]), "0aff10");
     }
 }

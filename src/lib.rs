@@ -10,6 +10,7 @@
 //! - [`router`]: route lookup over a segment trie; path normalization.
 //! - [`plugins`]: the phase-ordered plugin pipeline and the plugins.
 //! - [`upstream`]: targets, load balancing and connection pools.
+//! - [`redis_client`]: the shared Redis connections (phantom tokens, nonces).
 //! - [`error`]: every gateway-made error and its problem+json answer.
 //! - [`control`]: the control plane: reloads (file, `SIGHUP`, admin API)
 //!   swapped in atomically, and the admin API.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod hex;
 pub mod plugins;
 pub mod proxy;
+pub mod redis_client;
 pub mod router;
 pub mod snapshot;
 pub mod telemetry;

@@ -14,9 +14,11 @@
 
 pub mod acl;
 pub mod api_key;
+pub mod hmac_auth;
 pub mod ip_restriction;
 pub mod jwks;
 pub mod jwt;
+pub mod phantom_token;
 pub mod transform;
 
 use std::collections::HashMap;
@@ -101,6 +103,8 @@ pub enum Plugin {
     IpRestriction(Arc<ip_restriction::IpRestriction>),
     ApiKey(Arc<api_key::ApiKey>),
     Jwt(Arc<jwt::Jwt>),
+    PhantomToken(Arc<phantom_token::PhantomToken>),
+    HmacAuth(Arc<hmac_auth::HmacAuth>),
     Acl(Arc<acl::Acl>),
     RequestTransform(Arc<transform::RequestTransform>),
     ResponseTransform(Arc<transform::ResponseTransform>),
@@ -112,6 +116,8 @@ impl Plugin {
             Plugin::IpRestriction(_) => "ip_restriction",
             Plugin::ApiKey(_) => "api_key",
             Plugin::Jwt(_) => "jwt",
+            Plugin::PhantomToken(_) => "phantom_token",
+            Plugin::HmacAuth(_) => "hmac_auth",
             Plugin::Acl(_) => "acl",
             Plugin::RequestTransform(_) => "request_transform",
             Plugin::ResponseTransform(_) => "response_transform",
@@ -121,7 +127,7 @@ impl Plugin {
     pub fn phase(&self) -> Phase {
         match self {
             Plugin::IpRestriction(_) => Phase::IpRestriction,
-            Plugin::ApiKey(_) | Plugin::Jwt(_) => Phase::Auth,
+            Plugin::ApiKey(_) | Plugin::Jwt(_) | Plugin::PhantomToken(_) | Plugin::HmacAuth(_) => Phase::Auth,
             Plugin::Acl(_) => Phase::Acl,
             Plugin::RequestTransform(_) => Phase::RequestTransform,
             Plugin::ResponseTransform(_) => Phase::ResponseTransform,
@@ -136,12 +142,14 @@ impl Plugin {
         &self,
         ctx: &mut RequestCtx,
         req: &mut request::Parts,
-        _body: &mut RequestBody,
+        body: &mut RequestBody,
     ) -> Result<Flow, GatewayError> {
         match self {
             Plugin::IpRestriction(p) => p.check(ctx.client_ip).map(|()| Flow::Continue),
             Plugin::ApiKey(p) => p.authenticate(ctx, req).map(|()| Flow::Continue),
             Plugin::Jwt(p) => p.authenticate(ctx, req).await.map(|()| Flow::Continue),
+            Plugin::PhantomToken(p) => p.authenticate(ctx, req).await.map(|()| Flow::Continue),
+            Plugin::HmacAuth(p) => p.authenticate(ctx, req, body).await.map(|()| Flow::Continue),
             Plugin::Acl(p) => p.check(ctx).map(|()| Flow::Continue),
             Plugin::RequestTransform(p) => {
                 p.apply(req);
@@ -157,6 +165,8 @@ impl Plugin {
             Plugin::IpRestriction(_)
             | Plugin::ApiKey(_)
             | Plugin::Jwt(_)
+            | Plugin::PhantomToken(_)
+            | Plugin::HmacAuth(_)
             | Plugin::Acl(_)
             | Plugin::RequestTransform(_) => {}
         }
@@ -191,6 +201,10 @@ pub struct Shared {
     pub keys: Arc<api_key::KeyIndex>,
     /// Every consumer's `jwt_subjects`.
     pub subjects: Arc<jwt::SubjectIndex>,
+    /// Every consumer's `hmac` credentials.
+    pub hmac: Arc<hmac_auth::CredentialIndex>,
+    /// The `redis` section's connections.
+    pub redis: Option<Arc<crate::redis_client::Redis>>,
     /// Downloaded key sets, by URL.
     jwks: Mutex<HashMap<String, Arc<jwks::Jwks>>>,
 }
@@ -222,12 +236,30 @@ impl Shared {
                 }
             }
         }
+        let hmac = hmac_auth::CredentialIndex::build(&cfg.consumers, consumers).unwrap_or_else(|errs| {
+            errors.extend(errs.into_iter().map(|(f, m)| FieldError::new(f, m)));
+            hmac_auth::CredentialIndex::default()
+        });
+        // The same settings keep their connections.
+        let redis = match (&cfg.redis, previous.and_then(|p| p.redis.as_ref())) {
+            (None, _) => None,
+            (Some(c), Some(old)) if old.settings == *c => Some(old.clone()),
+            (Some(c), _) => match crate::redis_client::Redis::new(c) {
+                Ok(r) => Some(Arc::new(r)),
+                Err((field, message)) => {
+                    errors.push(FieldError::new(format!("redis.{field}"), message));
+                    None
+                }
+            },
+        };
         let jwks = previous
             .map(|p| p.jwks.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default();
         let shared = Shared {
             keys: Arc::new(keys),
             subjects: Arc::new(subjects),
+            hmac: Arc::new(hmac),
+            redis,
             jwks: Mutex::new(jwks),
         };
         (shared, errors)
@@ -258,6 +290,13 @@ impl Shared {
             set.start();
         }
     }
+}
+
+/// Seconds since the Unix epoch (token and signature times).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Builds the plugins configured in one scope, in no particular order.
@@ -292,6 +331,22 @@ fn instantiate(
         match jwt::Jwt::new(c, shared.subjects.clone(), set) {
             Ok(p) => out.push(Plugin::Jwt(Arc::new(p))),
             Err((field, message)) => errors.push(FieldError::new(format!("{scope}.jwt.{field}"), message)),
+        }
+    }
+    if let Some(c) = &cfg.phantom_token {
+        match phantom_token::PhantomToken::new(c, shared.redis.clone(), shared.subjects.clone()) {
+            Ok(p) => out.push(Plugin::PhantomToken(Arc::new(p))),
+            Err((field, message)) => {
+                errors.push(FieldError::new(format!("{scope}.phantom_token.{field}"), message))
+            }
+        }
+    }
+    if let Some(c) = &cfg.hmac_auth {
+        match hmac_auth::HmacAuth::new(c, shared.hmac.clone(), shared.redis.clone()) {
+            Ok(p) => out.push(Plugin::HmacAuth(Arc::new(p))),
+            Err((field, message)) => {
+                errors.push(FieldError::new(format!("{scope}.hmac_auth.{field}"), message))
+            }
         }
     }
     if let Some(c) = &cfg.acl {

@@ -130,8 +130,6 @@ fn the_whole_spec_schema_parses() {
     for name in [
         "waf",
         "cors",
-        "phantom_token",
-        "hmac_auth",
         "rate_limit",
         "cache",
         "compression",

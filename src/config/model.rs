@@ -218,7 +218,7 @@ fn default_admin_address() -> SocketAddr {
     "127.0.0.1:9901".parse().unwrap()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     #[serde(default)]
@@ -238,7 +238,7 @@ fn default_redis_timeout() -> Duration {
     Duration::millis(50)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisClusterConfig {
     pub nodes: Vec<String>,

@@ -53,9 +53,6 @@ impl Validator {
                 );
             }
         }
-        if c.redis.is_some() {
-            self.err("redis", not_yet("redis is"));
-        }
         let mut consumer_names = HashSet::new();
         for (i, consumer) in c.consumers.iter().enumerate() {
             crate::yielding::point();
@@ -367,8 +364,8 @@ impl Validator {
             request_validation,
             api_key,
             jwt: _,
-            phantom_token,
-            hmac_auth,
+            phantom_token: _,
+            hmac_auth: _,
             acl,
             rate_limit,
             request_transform,
@@ -421,8 +418,6 @@ impl Validator {
             ("waf", waf.is_some()),
             ("cors", cors.is_some()),
             ("request_validation", request_validation.is_some()),
-            ("phantom_token", phantom_token.is_some()),
-            ("hmac_auth", hmac_auth.is_some()),
             ("rate_limit", rate_limit.is_some()),
             ("cache", cache.is_some()),
             ("compression", compression.is_some()),

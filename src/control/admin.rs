@@ -100,9 +100,20 @@ async fn route(control: &Arc<Control>, req: Request<Incoming>, id: &HeaderValue)
     let method = req.method().clone();
     match (&method, &segs[..]) {
         (&Method::GET, ["healthz"]) => return value_answer(StatusCode::OK, json!({"status": "ok"})),
-        // Ready once a config is loaded (it is, or we would not be serving);
-        // Redis is checked here once plugins use it.
-        (&Method::GET, ["readyz"]) => return value_answer(StatusCode::OK, json!({"status": "ready"})),
+        // Ready once a config is loaded (it is, or we would not be serving)
+        // and Redis, when the config has it, answers.
+        (&Method::GET, ["readyz"]) => {
+            let redis = control.runtime().load().shared.redis.clone();
+            if let Some(redis) = redis
+                && !redis.ping().await
+            {
+                return value_answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"status": "not ready", "reason": "redis does not answer"}),
+                );
+            }
+            return value_answer(StatusCode::OK, json!({"status": "ready"}));
+        }
         _ => {}
     }
     if !authorized(control, req.headers()) {

@@ -108,37 +108,51 @@ pub struct Key {
     pub key: DecodingKey,
 }
 
+/// A configured key's algorithm and material: the HMAC secret, or the PEM
+/// text (inline or read from `pem_file`). Errors name the field.
+enum Material {
+    Secret(Vec<u8>),
+    Pem(Vec<u8>),
+}
+
+fn material(cfg: &JwtKeyConfig) -> Result<(Algorithm, Material), (&'static str, String)> {
+    let alg = parse_algorithm(&cfg.alg).map_err(|e| ("alg", e))?;
+    if alg.family() == AlgorithmFamily::Hmac {
+        return match (&cfg.secret, &cfg.pem, &cfg.pem_file) {
+            (Some(s), None, None) if !s.is_empty() => Ok((alg, Material::Secret(s.clone().into_bytes()))),
+            _ => Err(("secret", format!("{} needs `secret` (and no PEM)", cfg.alg))),
+        };
+    }
+    let pem = match (&cfg.secret, &cfg.pem, &cfg.pem_file) {
+        (None, Some(pem), None) => pem.clone().into_bytes(),
+        (None, None, Some(path)) => {
+            std::fs::read(path).map_err(|e| ("pem_file", format!("cannot read {path}: {e}")))?
+        }
+        _ => {
+            return Err((
+                "pem",
+                format!("{} needs one of `pem` or `pem_file` (and no `secret`)", cfg.alg),
+            ));
+        }
+    };
+    Ok((alg, Material::Pem(pem)))
+}
+
 impl Key {
     /// A key written in the config. Errors name the field (relative to the key).
     pub fn from_config(cfg: &JwtKeyConfig) -> Result<Key, (&'static str, String)> {
-        let alg = parse_algorithm(&cfg.alg).map_err(|e| ("alg", e))?;
-        let family = alg.family();
-        let key = if family == AlgorithmFamily::Hmac {
-            let secret = match (&cfg.secret, &cfg.pem, &cfg.pem_file) {
-                (Some(s), None, None) if !s.is_empty() => s,
-                _ => return Err(("secret", format!("{} needs `secret` (and no PEM)", cfg.alg))),
-            };
-            DecodingKey::from_secret(secret.as_bytes())
-        } else {
-            let pem = match (&cfg.secret, &cfg.pem, &cfg.pem_file) {
-                (None, Some(pem), None) => pem.clone().into_bytes(),
-                (None, None, Some(path)) => {
-                    std::fs::read(path).map_err(|e| ("pem_file", format!("cannot read {path}: {e}")))?
+        let (alg, material) = material(cfg)?;
+        let key = match material {
+            Material::Secret(s) => DecodingKey::from_secret(&s),
+            Material::Pem(pem) => {
+                let family = alg.family();
+                match family {
+                    AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
+                    AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
+                    _ => DecodingKey::from_ed_pem(&pem),
                 }
-                _ => {
-                    return Err((
-                        "pem",
-                        format!("{} needs one of `pem` or `pem_file` (and no `secret`)", cfg.alg),
-                    ));
-                }
-            };
-            let field = if cfg.pem.is_some() { "pem" } else { "pem_file" };
-            match family {
-                AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
-                AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
-                _ => DecodingKey::from_ed_pem(&pem),
+                .map_err(|e| ("pem", format!("not a {family:?} public key in PEM: {e}")))?
             }
-            .map_err(|e| (field, format!("not a {:?} public key in PEM: {e}", family)))?
         };
         Ok(Key {
             kid: cfg.kid.clone(),
@@ -196,6 +210,39 @@ fn key_algorithm(k: KeyAlgorithm) -> Option<Algorithm> {
         KeyAlgorithm::EdDSA => Algorithm::EdDSA,
         _ => return None,
     })
+}
+
+/// A key the gateway signs its own tokens with (`phantom_token`'s
+/// `introspection.signing_key`): a private key in PEM, or an HMAC secret.
+pub struct SigningKey {
+    pub header: jsonwebtoken::Header,
+    pub key: jsonwebtoken::EncodingKey,
+}
+
+impl SigningKey {
+    pub fn from_config(cfg: &JwtKeyConfig) -> Result<SigningKey, (&'static str, String)> {
+        use jsonwebtoken::EncodingKey;
+        let (alg, material) = material(cfg)?;
+        let key = match material {
+            Material::Secret(s) => EncodingKey::from_secret(&s),
+            Material::Pem(pem) => {
+                let family = alg.family();
+                match family {
+                    AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(&pem),
+                    AlgorithmFamily::Ec => EncodingKey::from_ec_pem(&pem),
+                    _ => EncodingKey::from_ed_pem(&pem),
+                }
+                .map_err(|e| ("pem", format!("not a {family:?} private key in PEM: {e}")))?
+            }
+        };
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = cfg.kid.clone();
+        Ok(SigningKey { header, key })
+    }
+
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, String> {
+        jsonwebtoken::encode(&self.header, claims, &self.key).map_err(|e| e.to_string())
+    }
 }
 
 /// Parses a JWKS document; keys we cannot use are skipped, one by one.

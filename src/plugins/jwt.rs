@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, request};
 use jsonwebtoken::{Algorithm, Validation};
@@ -24,7 +24,7 @@ use moka::sync::Cache;
 use serde_json::{Map, Value};
 
 use super::jwks::{AlgSet, Jwks, Key, parse_algorithm};
-use super::{Consumer, RequestCtx};
+use super::{Consumer, RequestCtx, unix_now};
 use crate::config::JwtConfig;
 use crate::error::GatewayError;
 
@@ -84,12 +84,6 @@ impl moka::Expiry<String, Arc<Verified>> for UntilExpiry {
         let left = Duration::from_secs(v.until.saturating_sub(unix_now()));
         Some(left.min(MAX_CACHE_TTL))
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Jwt {
@@ -335,7 +329,7 @@ impl Jwt {
 }
 
 /// The token of an `Authorization: Bearer <token>` value.
-fn bearer(v: &[u8]) -> Option<&str> {
+pub(crate) fn bearer(v: &[u8]) -> Option<&str> {
     let scheme = v.get(..7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return None;

@@ -567,6 +567,7 @@ impl Service {
                     r = listener.accept() => r.unwrap(),
                 };
                 let (handler, counter) = (handler.clone(), counter.clone());
+                let mut conn_stop = stop_rx.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (handler, counter) = (handler.clone(), counter.clone());
@@ -577,9 +578,13 @@ impl Service {
                             Ok::<_, Infallible>(handler(parts, body))
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    // Stopping the service closes its kept-alive connections too.
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = conn_stop.changed() => {}
+                    }
                 });
             }
         });
@@ -598,5 +603,101 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// A real `redis-server` on a free 127.0.0.1 port, no persistence. Killed
+/// on drop; `stop` and `start` again on the same port to test outages.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = RedisServer { port, child: None };
+        r.resume();
+        r
+    }
+
+    /// Starts the server (again) on its port and waits until it answers.
+    pub fn resume(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.try_cmd(&["PING"]).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn try_cmd(&self, args: &[&str]) -> Option<redis::Value> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn).ok()
+    }
+
+    /// Runs one command (blocking client).
+    pub fn cmd(&self, args: &[&str]) -> redis::Value {
+        self.try_cmd(args)
+            .unwrap_or_else(|| panic!("redis command {args:?} failed"))
+    }
+
+    /// How many times `command` has run (`INFO commandstats`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let redis::Value::BulkString(info) = self.cmd(&["INFO", "commandstats"]) else {
+            return 0;
+        };
+        let info = String::from_utf8_lossy(&info).into_owned();
+        let prefix = format!("cmdstat_{}:calls=", command.to_lowercase());
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
