@@ -205,8 +205,11 @@ pub struct Shared {
     pub hmac: Arc<hmac_auth::CredentialIndex>,
     /// The `redis` section's connections.
     pub redis: Option<Arc<crate::redis_client::Redis>>,
-    /// Downloaded key sets, by URL.
+    /// Downloaded key sets in use, by URL.
     jwks: Mutex<HashMap<String, Arc<jwks::Jwks>>>,
+    /// The sets of the runtime before, while this one is built: a URL used
+    /// again takes its set (and keys) from here.
+    carried: Mutex<HashMap<String, Arc<jwks::Jwks>>>,
 }
 
 impl Shared {
@@ -252,7 +255,7 @@ impl Shared {
                 }
             },
         };
-        let jwks = previous
+        let carried = previous
             .map(|p| p.jwks.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default();
         let shared = Shared {
@@ -260,27 +263,32 @@ impl Shared {
             subjects: Arc::new(subjects),
             hmac: Arc::new(hmac),
             redis,
-            jwks: Mutex::new(jwks),
+            jwks: Mutex::default(),
+            carried: Mutex::new(carried),
         };
         (shared, errors)
     }
 
-    /// The key set at `url`: the one already held, or a new one.
+    /// The key set at `url`: the one in use, the one the runtime before
+    /// held, or a new one.
     fn jwks(&self, url: &str) -> Result<Arc<jwks::Jwks>, String> {
         let mut sets = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(set) = sets.get(url) {
             return Ok(set.clone());
         }
-        let set = Arc::new(jwks::Jwks::new(url)?);
+        let carried = self.carried.lock().unwrap_or_else(|e| e.into_inner()).remove(url);
+        let set = match carried {
+            Some(set) => set,
+            None => Arc::new(jwks::Jwks::new(url)?),
+        };
         sets.insert(url.to_string(), set.clone());
         Ok(set)
     }
 
-    /// Keeps only what the config built on it uses (sets of a removed
-    /// `jwks_url` stop refreshing once their last plugin is gone).
-    pub fn retain_used(&self) {
-        let mut sets = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
-        sets.retain(|_, set| Arc::strong_count(set) > 1);
+    /// Ends the build: sets of the runtime before that this config does not
+    /// use are let go (they stop refreshing once that runtime is gone).
+    pub fn finish(&self) {
+        self.carried.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Starts the background work of a runtime put in force (key set
@@ -552,5 +560,33 @@ mod tests {
         };
         assert!(ip.check("127.0.0.1".parse().unwrap()).is_ok());
         assert!(ip.check("10.1.1.1".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn key_sets_carry_over_reloads_by_url() {
+        let cfg = |url: &str| {
+            let yaml = format!("version: 1\nplugins:\n  jwt: {{jwks_url: \"{url}\"}}\n");
+            crate::config::load_str(&yaml, "t.yaml", &|_| None)
+                .unwrap()
+                .config
+        };
+        let build = |cfg: &Config, previous: Option<&Shared>| {
+            let (shared, errors) = Shared::build(cfg, &HashMap::new(), previous);
+            let mut errors2 = Vec::new();
+            let global = GlobalPlugins::build(&cfg.plugins, &shared, &mut errors2);
+            shared.finish();
+            assert!(errors.is_empty() && errors2.is_empty());
+            (shared, global)
+        };
+        let a = cfg("http://127.0.0.1:1/a");
+        let (first, _g1) = build(&a, None);
+        let set = first.jwks("http://127.0.0.1:1/a").unwrap();
+        let (second, _g2) = build(&a, Some(&first));
+        assert!(Arc::ptr_eq(&set, &second.jwks("http://127.0.0.1:1/a").unwrap()));
+        // Another URL: the old set is not carried into the new runtime.
+        let (third, _g3) = build(&cfg("http://127.0.0.1:1/b"), Some(&second));
+        assert_eq!(third.jwks.lock().unwrap().len(), 1);
+        assert!(third.carried.lock().unwrap().is_empty());
+        assert!(!third.jwks.lock().unwrap().contains_key("http://127.0.0.1:1/a"));
     }
 }

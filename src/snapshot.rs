@@ -363,7 +363,7 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
             },
         },
     };
-    shared.retain_used();
+    shared.finish();
     match table {
         Some(table) if errors.is_empty() => Ok(Runtime {
             settings: Settings {
