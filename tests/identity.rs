@@ -148,6 +148,30 @@ async fn phantom_tokens_from_redis() {
     }
     assert_eq!(status, 200);
     assert_eq!(get(&gw.admin_url("/readyz")).await.status, 200);
+
+    // Redis hangs (DEBUG SLEEP): the lookup gives up at redis.timeout (200ms), 503.
+    redis.cmd(&["SET", "phantom:during-hang", &jwt, "EX", "60"]);
+    let port = redis.port;
+    let hang = std::thread::spawn(move || {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("1.5")
+            .query::<()>(&mut conn)
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    with_token(&gw, "/api/x", "during-hang")
+        .await
+        .problem(503, "service-unavailable");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    hang.join().unwrap();
 }
 
 #[tokio::test]
