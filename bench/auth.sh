@@ -40,26 +40,12 @@ sig=$(printf '%s.%s' "$head" "$body" | openssl dgst -sha256 -sign "$WORK/key.pem
 TOKEN="$head.$body.$sig"
 PEM_JSON=$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$WORK/pub.pem")
 
-config() { # PORT PLUGINS
-  cat <<YAML
-version: 1
-server:
-  listeners: [{ name: bench, address: "127.0.0.1:$1" }]
-redis: { url: "redis://127.0.0.1:$REDIS_PORT/0" }
-upstreams:
-  - name: up
-    targets: [{ url: "http://127.0.0.1:$UP_PORT" }]
-    keepalive: { max_idle_per_target: 256, idle_timeout: 60s }
-routes:
-  - name: all
-    match: { paths: ["/"] }
-    upstream: up
-    plugins: $2
-YAML
-}
-config 19811 '{}' >"$WORK/plain.yaml"
-config 19812 "{ jwt: { issuer: \"https://idp.bench\", algorithms: [RS256], keys: [{ kid: bench, alg: RS256, pem: $PEM_JSON }] } }" >"$WORK/jwt.yaml"
-config 19813 '{ phantom_token: { source: redis, cache_ttl: 30s } }' >"$WORK/phantom.yaml"
+. "$ROOT/bench/common.sh"
+export BENCH_UPSTREAM="127.0.0.1:$UP_PORT"
+redis_line="redis: { url: \"redis://127.0.0.1:$REDIS_PORT/0\" }"
+{ bench_config 19811; echo "$redis_line"; } >"$WORK/plain.yaml"
+{ bench_config 19812 "" "{ jwt: { issuer: \"https://idp.bench\", algorithms: [RS256], keys: [{ kid: bench, alg: RS256, pem: $PEM_JSON }] } }"; echo "$redis_line"; } >"$WORK/jwt.yaml"
+{ bench_config 19813 "" "{ phantom_token: { source: redis, cache_ttl: 30s } }"; echo "$redis_line"; } >"$WORK/phantom.yaml"
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }

@@ -1,8 +1,10 @@
 # Shared by the bench scripts (sourced, not run).
 
-# bench_config PORT [EXTRA_SERVER_LINES]: the one-route proxy config every
-# benchmark measures, on 127.0.0.1:PORT, to the harness's upstream
-# ($BENCH_UPSTREAM, set by the harness for each candidate).
+# bench_config PORT [EXTRA_SERVER_LINES] [ROUTE_PLUGINS]: the one-route
+# proxy config every benchmark measures, on 127.0.0.1:PORT, to the
+# harness's upstream ($BENCH_UPSTREAM, set by the harness for each
+# candidate, substituted by the gateway), with the route's plugins (a YAML
+# flow map).
 bench_config() {
   cat <<YAML
 version: 1
@@ -17,5 +19,6 @@ routes:
   - name: all
     match: { paths: ["/"] }
     upstream: up
+    plugins: ${3:-{\}}
 YAML
 }

@@ -6,41 +6,23 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::KeyPair as _;
-use base64::Engine;
 use criterion::{Criterion, criterion_group, criterion_main};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use portcullis::plugins::jwt::Jwt;
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
+#[path = "../tests/support/keys.rs"]
+mod keys;
 
 fn cold_verification(c: &mut Criterion) {
-    let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let private: aws_lc_rs::encoding::Pkcs8V1Der = kp.as_der().unwrap();
-    let public: aws_lc_rs::encoding::PublicKeyX509Der = kp.public_key().as_der().unwrap();
+    let key = keys::rsa_key("k1", Algorithm::RS256);
     let yaml = format!(
         "version: 1\nplugins:\n  jwt:\n    issuer: https://idp\n    algorithms: [RS256]\n    claims_to_headers: {{sub: X-User-Id}}\n    keys: [{{kid: k1, alg: RS256, pem: {}}}]\n",
-        serde_json::to_string(&pem("PUBLIC KEY", public.as_ref())).unwrap()
+        serde_json::to_string(&key.public_pem).unwrap()
     );
     let loaded = portcullis::config::load_str(&yaml, "bench.yaml", &|_| None).unwrap();
     let cfg = loaded.config.plugins.jwt.as_ref().unwrap();
     let jwt = Jwt::new(cfg, Arc::default(), None).map_err(|e| e.1).unwrap();
 
-    let enc = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", private.as_ref()).as_bytes()).unwrap();
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("k1".into());
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -48,7 +30,7 @@ fn cold_verification(c: &mut Criterion) {
         + 3600;
     let claims =
         serde_json::json!({"iss": "https://idp", "sub": "user-1", "exp": exp, "scope": "read write"});
-    let token = jsonwebtoken::encode(&header, &claims, &enc).unwrap();
+    let token = key.sign(&claims);
 
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     assert!(rt.block_on(jwt.verify_uncached(&token)));

@@ -300,6 +300,24 @@ impl Shared {
     }
 }
 
+/// 401 for a request without a bearer token (RFC 6750: no error code).
+pub(crate) const fn bearer_missing(plugin: &'static str) -> GatewayError {
+    GatewayError::Unauthorized {
+        plugin,
+        challenge: "Bearer realm=\"portcullis\"",
+        detail: "a bearer token is required",
+    }
+}
+
+/// 401 for a bearer token that does not pass; why stays in the log.
+pub(crate) const fn bearer_invalid(plugin: &'static str) -> GatewayError {
+    GatewayError::Unauthorized {
+        plugin,
+        challenge: "Bearer realm=\"portcullis\", error=\"invalid_token\"",
+        detail: "the access token is invalid or has expired",
+    }
+}
+
 /// Seconds since the Unix epoch (token and signature times).
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -98,15 +98,7 @@ async fn failures_are_counted_and_logged_consumers_named() {
             .problem(401, "unauthorized");
     }
     assert_eq!(call(&gw, "/orders/1", Some("mobile-key-123")).await.status, 200);
-    let m = send(
-        &client_h1(),
-        req("GET", &gw.admin_url("/metrics"))
-            .header("authorization", "Bearer t")
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
-    let m = String::from_utf8_lossy(&m.body).into_owned();
+    let m = gw.admin_metrics("t").await;
     assert!(
         m.contains(r#"portcullis_auth_failures_total{route="orders",plugin="api_key"} 3"#),
         "{m}"

@@ -40,16 +40,8 @@ const MAX_CANDIDATES: usize = 4;
 /// JWT subjects (`consumers[].jwt_subjects`) → their consumer.
 pub type SubjectIndex = HashMap<String, Arc<Consumer>>;
 
-const NO_TOKEN: GatewayError = GatewayError::Unauthorized {
-    plugin: "jwt",
-    challenge: "Bearer realm=\"portcullis\"",
-    detail: "a bearer token is required",
-};
-const INVALID: GatewayError = GatewayError::Unauthorized {
-    plugin: "jwt",
-    challenge: "Bearer realm=\"portcullis\", error=\"invalid_token\"",
-    detail: "the access token is invalid or has expired",
-};
+const NO_TOKEN: GatewayError = super::bearer_missing("jwt");
+const INVALID: GatewayError = super::bearer_invalid("jwt");
 
 pub struct Jwt {
     header: Option<HeaderName>,

@@ -34,16 +34,8 @@ const MAX_TOKEN: usize = 4096;
 const CACHE_ENTRIES: u64 = 100_000;
 const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(3);
 
-const NO_TOKEN: GatewayError = GatewayError::Unauthorized {
-    plugin: "phantom_token",
-    challenge: "Bearer realm=\"portcullis\"",
-    detail: "a bearer token is required",
-};
-const INVALID: GatewayError = GatewayError::Unauthorized {
-    plugin: "phantom_token",
-    challenge: "Bearer realm=\"portcullis\", error=\"invalid_token\"",
-    detail: "the access token is invalid or has expired",
-};
+const NO_TOKEN: GatewayError = super::bearer_missing("phantom_token");
+const INVALID: GatewayError = super::bearer_invalid("phantom_token");
 
 enum Source {
     Redis { redis: Arc<Redis>, prefix: String },

@@ -2,6 +2,8 @@
 //! servers (hyper, HTTP/1.1 + h2c), real clients (HTTP/1.1, h2c, raw TCP).
 #![allow(dead_code)]
 
+pub mod keys;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -172,6 +174,19 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr(), path)
+    }
+
+    /// The admin API's `/metrics` text, with the admin token `token`.
+    pub async fn admin_metrics(&self, token: &str) -> String {
+        let r = send(
+            &client_h1(),
+            req("GET", &self.admin_url("/metrics"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        String::from_utf8_lossy(&r.body).into_owned()
     }
 
     pub fn admin_url(&self, path: &str) -> String {
