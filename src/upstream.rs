@@ -18,24 +18,27 @@ use crate::config::{Protocol, UpstreamConfig};
 
 /// Checks a target URL: `http://host:port` with no path. Returns its authority.
 pub fn parse_target_url(url: &str) -> Result<Authority, String> {
-    let (authority, uri) = parse_http_url(url)?;
+    let (authority, uri) = parse_url(url)?;
+    if uri.scheme_str() == Some("https") {
+        return Err(format!(
+            "`{url}`: https targets are not supported yet (TLS to upstreams)"
+        ));
+    }
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
         return Err(format!("`{url}`: a target is host:port only, without a path"));
     }
     Ok(authority)
 }
 
-/// Checks an `http` URL with a host and no credentials. Returns its
-/// authority (port 80 when none is written) and the parsed URL.
-fn parse_http_url(url: &str) -> Result<(Authority, http::Uri), String> {
+/// Checks an `http` or `https` URL with a host and no credentials. Returns
+/// its authority (port 80 or 443 when none is written) and the parsed URL.
+fn parse_url(url: &str) -> Result<(Authority, http::Uri), String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!("`{url}`: https is not supported yet (TLS to upstreams)"));
-        }
-        _ => return Err(format!("`{url}`: the scheme must be http")),
-    }
+    let default_port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => 443,
+        _ => return Err(format!("`{url}`: the scheme must be http or https")),
+    };
     let auth = uri
         .authority()
         .ok_or_else(|| format!("`{url}` has no host"))?
@@ -46,7 +49,7 @@ fn parse_http_url(url: &str) -> Result<(Authority, http::Uri), String> {
     let auth = if auth.port_u16().is_some() {
         auth
     } else {
-        format!("{}:80", auth.host())
+        format!("{}:{default_port}", auth.host())
             .parse()
             .map_err(|_| format!("`{url}` has an invalid host"))?
     };

@@ -346,3 +346,42 @@ async fn jwks_keys_rotate_and_refresh_is_rate_limited() {
     assert_eq!(bearer(&gw, "/api", &b.sign(&claims(4))).await.status, 200);
     assert!(gw.logged("JWKS download failed") || gw.logged("keeping the last good keys"));
 }
+
+#[tokio::test]
+async fn jwks_over_https_is_verified() {
+    let up = Upstream::start("u").await;
+    let tls = TestTls::new();
+    let key = rsa_key("tls-key", Algorithm::RS256);
+    let doc = serde_json::to_string(&JwkSet {
+        keys: vec![key.jwk()],
+    })
+    .unwrap();
+    let jwks = Service::start_tls(&tls, move |_, _| {
+        Response::new(Full::new(Bytes::from(doc.clone())))
+    })
+    .await;
+    let yaml = config(
+        &upstream("u", &up),
+        &format!(
+            "  - name: api\n    match: {{paths: [/api]}}\n    upstream: u\n    plugins:\n      jwt: {{jwks_url: \"{}\"}}\n",
+            jwks.https_url("/jwks")
+        ),
+        "",
+    );
+    let token = key.sign(&json!({"sub": "s", "exp": now() + 600}));
+
+    // Trusting the test CA (SSL_CERT_FILE): the set downloads over TLS.
+    let ca = tls.ca_file.to_str().unwrap();
+    let gw = Gateway::start_env(&yaml, &[("SSL_CERT_FILE", ca)]);
+    let r = bearer(&gw, "/api", &token).await;
+    assert_eq!(r.status, 200, "{:?}", gw.logs.lock().unwrap());
+    drop(gw);
+
+    // Not trusting it: the certificate is refused, so is the token.
+    let empty = tls.ca_file.with_file_name("other-ca.pem");
+    std::fs::write(&empty, TestTls::new().ca_pem()).unwrap();
+    let gw = Gateway::start_env(&yaml, &[("SSL_CERT_FILE", empty.to_str().unwrap())]);
+    bearer(&gw, "/api", &token).await.problem(401, "unauthorized");
+    assert!(gw.logged("JWKS download failed"));
+    assert!(gw.logged("certificate"), "{:?}", gw.logs.lock().unwrap());
+}

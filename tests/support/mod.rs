@@ -86,21 +86,34 @@ impl Gateway {
         gw
     }
 
+    /// Starts the gateway with extra environment variables.
+    pub fn start_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let mut gw = Gateway::start_opts(&write_config(yaml), &[], true, env);
+        gw.owns_config = true;
+        gw
+    }
+
     /// Starts the gateway with a stdout nobody reads: once the pipe is
     /// full, writes to it block (a stuck access log consumer).
     pub fn start_stuck_stdout(yaml: &str) -> Gateway {
-        let mut gw = Gateway::start_opts(&write_config(yaml), &[], false);
+        let mut gw = Gateway::start_opts(&write_config(yaml), &[], false, &[]);
         gw.owns_config = true;
         gw
     }
 
     /// Starts the gateway on an existing config file (kept on drop).
     pub fn start_file(config_path: &std::path::Path, args: &[&str]) -> Gateway {
-        Gateway::start_opts(config_path, args, true)
+        Gateway::start_opts(config_path, args, true, &[])
     }
 
-    fn start_opts(config_path: &std::path::Path, args: &[&str], read_stdout: bool) -> Gateway {
+    fn start_opts(
+        config_path: &std::path::Path,
+        args: &[&str],
+        read_stdout: bool,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let mut child = Command::new(bin())
+            .envs(env.iter().copied())
             .args(["run", "-c"])
             .arg(config_path)
             .args(["--log-format", "json", "--log-level", "debug", "--workers", "2"])
@@ -569,6 +582,21 @@ impl Service {
     where
         F: Fn(http::request::Parts, Bytes) -> Response<Full<Bytes>> + Send + Sync + 'static,
     {
+        Service::serve(handler, None).await
+    }
+
+    /// The same over TLS, with a certificate of `tls`'s CA (`https_url`).
+    pub async fn start_tls<F>(tls: &TestTls, handler: F) -> Service
+    where
+        F: Fn(http::request::Parts, Bytes) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    {
+        Service::serve(handler, Some(tokio_rustls::TlsAcceptor::from(tls.server.clone()))).await
+    }
+
+    async fn serve<F>(handler: F, tls: Option<tokio_rustls::TlsAcceptor>) -> Service
+    where
+        F: Fn(http::request::Parts, Bytes) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -583,6 +611,7 @@ impl Service {
                 };
                 let (handler, counter) = (handler.clone(), counter.clone());
                 let mut conn_stop = stop_rx.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (handler, counter) = (handler.clone(), counter.clone());
@@ -593,17 +622,35 @@ impl Service {
                             Ok::<_, Infallible>(handler(parts, body))
                         }
                     });
+                    let builder = hyper::server::conn::http1::Builder::new();
                     // Stopping the service closes its kept-alive connections too.
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = conn_stop.changed() => {}
+                    match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = conn_stop.changed() => {}
+                            }
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = conn_stop.changed() => {}
+                            }
+                        }
                     }
                 });
             }
         });
         Service { addr, hits, stop }
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -717,5 +764,54 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A test CA, and a server certificate it signed for 127.0.0.1 and
+/// `localhost`. `ca_file` is the CA in PEM (for `SSL_CERT_FILE`).
+pub struct TestTls {
+    pub ca_file: std::path::PathBuf,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl TestTls {
+    pub fn new() -> TestTls {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Portcullis test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-test-{}-ca-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
+        .unwrap();
+        TestTls {
+            ca_file,
+            server: Arc::new(server),
+        }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(&self.ca_file).unwrap()
     }
 }
