@@ -46,6 +46,8 @@ pub enum GatewayError {
     UpstreamProtocol(String),
     /// 504: the upstream or the route deadline timed out.
     GatewayTimeout,
+    /// 429: over a `rate_limit` policy; `retry_after` in seconds.
+    RateLimited { retry_after: u64 },
     /// 503: a service the gateway itself depends on (Redis, a token
     /// introspection endpoint) failed; requests it guards fail closed.
     /// `plugin` names the plugin; the cause goes to the log, not the client.
@@ -65,6 +67,7 @@ impl GatewayError {
             GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -81,6 +84,7 @@ impl GatewayError {
             GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => "bad-gateway",
             GatewayError::GatewayTimeout => "gateway-timeout",
             GatewayError::Unavailable { .. } => "service-unavailable",
+            GatewayError::RateLimited { .. } => "rate-limited",
         }
     }
 
@@ -106,6 +110,9 @@ impl GatewayError {
             GatewayError::GatewayTimeout => "the upstream service did not answer in time".into(),
             GatewayError::Unavailable { .. } => {
                 "the gateway cannot check this request's credentials right now; try again later".into()
+            }
+            GatewayError::RateLimited { retry_after } => {
+                format!("too many requests; retry after {retry_after} s")
             }
         }
     }
@@ -149,6 +156,10 @@ impl GatewayError {
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
             );
+        }
+        if let GatewayError::RateLimited { retry_after } = self {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         if let GatewayError::MethodNotAllowed { allow } = self
             && let Ok(v) = HeaderValue::from_str(&crate::router::allow_header(allow))

@@ -19,6 +19,7 @@ pub mod ip_restriction;
 pub mod jwks;
 pub mod jwt;
 pub mod phantom_token;
+pub mod rate_limit;
 pub mod transform;
 
 use std::collections::HashMap;
@@ -54,6 +55,10 @@ pub struct RequestCtx {
     pub client_ip: IpAddr,
     /// Set by an auth phase; later phases (rate limits, ACLs, logs) read it.
     pub consumer: Option<Arc<Consumer>>,
+    /// The route's name (a rate-limit key part).
+    pub route: Arc<str>,
+    /// Set by `rate_limit`: what the `RateLimit-*` response headers say.
+    pub quota: Option<rate_limit::Quota>,
 }
 
 /// A known caller (`consumers[]`), with its own plugins.
@@ -106,6 +111,7 @@ pub enum Plugin {
     PhantomToken(Arc<phantom_token::PhantomToken>),
     HmacAuth(Arc<hmac_auth::HmacAuth>),
     Acl(Arc<acl::Acl>),
+    RateLimit(Arc<rate_limit::RateLimit>),
     RequestTransform(Arc<transform::RequestTransform>),
     ResponseTransform(Arc<transform::ResponseTransform>),
 }
@@ -119,6 +125,7 @@ impl Plugin {
             Plugin::PhantomToken(_) => "phantom_token",
             Plugin::HmacAuth(_) => "hmac_auth",
             Plugin::Acl(_) => "acl",
+            Plugin::RateLimit(_) => "rate_limit",
             Plugin::RequestTransform(_) => "request_transform",
             Plugin::ResponseTransform(_) => "response_transform",
         }
@@ -129,6 +136,7 @@ impl Plugin {
             Plugin::IpRestriction(_) => Phase::IpRestriction,
             Plugin::ApiKey(_) | Plugin::Jwt(_) | Plugin::PhantomToken(_) | Plugin::HmacAuth(_) => Phase::Auth,
             Plugin::Acl(_) => Phase::Acl,
+            Plugin::RateLimit(_) => Phase::RateLimit,
             Plugin::RequestTransform(_) => Phase::RequestTransform,
             Plugin::ResponseTransform(_) => Phase::ResponseTransform,
         }
@@ -151,6 +159,7 @@ impl Plugin {
             Plugin::PhantomToken(p) => p.authenticate(ctx, req).await.map(|()| Flow::Continue),
             Plugin::HmacAuth(p) => p.authenticate(ctx, req, body).await.map(|()| Flow::Continue),
             Plugin::Acl(p) => p.check(ctx).map(|()| Flow::Continue),
+            Plugin::RateLimit(p) => p.check(ctx, req).await.map(|()| Flow::Continue),
             Plugin::RequestTransform(p) => {
                 p.apply(req);
                 Ok(Flow::Continue)
@@ -168,6 +177,7 @@ impl Plugin {
             | Plugin::PhantomToken(_)
             | Plugin::HmacAuth(_)
             | Plugin::Acl(_)
+            | Plugin::RateLimit(_)
             | Plugin::RequestTransform(_) => {}
         }
     }
@@ -377,6 +387,18 @@ fn instantiate(
     }
     if let Some(c) = &cfg.acl {
         out.push(Plugin::Acl(Arc::new(acl::Acl::new(c))));
+    }
+    if let Some(c) = &cfg.rate_limit {
+        match rate_limit::RateLimit::new(c.as_slice()) {
+            Ok(p) => out.push(Plugin::RateLimit(Arc::new(p))),
+            Err((field, message)) => errors.push(FieldError::new(
+                format!(
+                    "{scope}.rate_limit{}{field}",
+                    if field.starts_with('[') { "" } else { "." }
+                ),
+                message,
+            )),
+        }
     }
     if let Some(c) = &cfg.request_transform {
         out.push(Plugin::RequestTransform(Arc::new(

@@ -32,6 +32,8 @@ pub struct Exchange {
     pub upstream_time: Option<Duration>,
     /// The upstream's answer, when it gave one.
     pub upstream_status: Option<u16>,
+    /// What `rate_limit` decided: the `RateLimit-*` headers of the answer.
+    pub quota: Option<crate::plugins::rate_limit::Quota>,
     /// Only for requests whose spans may be exported.
     pub trace: Option<Box<trace::RequestTrace>>,
     /// Only when the access log is on (boxed: most exchanges carry none,
@@ -90,6 +92,7 @@ impl Exchange {
             target: None,
             upstream_time: None,
             upstream_status: None,
+            quota: None,
             trace: None,
             log,
         }

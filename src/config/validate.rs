@@ -367,7 +367,7 @@ impl Validator {
             phantom_token: _,
             hmac_auth: _,
             acl,
-            rate_limit,
+            rate_limit: _,
             request_transform,
             cache,
             response_transform,
@@ -418,7 +418,6 @@ impl Validator {
             ("waf", waf.is_some()),
             ("cors", cors.is_some()),
             ("request_validation", request_validation.is_some()),
-            ("rate_limit", rate_limit.is_some()),
             ("cache", cache.is_some()),
             ("compression", compression.is_some()),
         ];

@@ -27,7 +27,7 @@ use crate::router::path;
 use crate::router::{Lookup, RouteRequest};
 use crate::snapshot::{Action, Route, Runtime};
 use crate::telemetry::access_log::Line;
-use crate::telemetry::metrics::{Name, PluginLabels, UpstreamRequestLabels};
+use crate::telemetry::metrics::{Name, PluginLabels, RouteLabel, UpstreamRequestLabels};
 use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::{self, Exchange};
 use crate::upstream::CallError;
@@ -52,6 +52,9 @@ impl ConnInfo {
 }
 
 static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 portcullis");
+static RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
 
 /// Answers one request; `ex` records what happened for metrics and logs.
 pub async fn handle(
@@ -89,6 +92,11 @@ pub async fn handle(
     };
     ex.status = resp.status().as_u16();
     let headers = resp.headers_mut();
+    if let Some(q) = ex.quota {
+        headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(q.limit));
+        headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(q.remaining));
+        headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(q.reset));
+    }
     headers.insert(settings.request_id_header.clone(), request_id);
     if settings.via {
         headers.append(forwarded::VIA.clone(), VIA_VALUE.clone());
@@ -202,6 +210,8 @@ async fn process(
         request_id: request_id.clone(),
         client_ip,
         consumer: None,
+        route: route.name.clone(),
+        quota: None,
     };
     let bytes_in = ex
         .log
@@ -209,6 +219,15 @@ async fn process(
         .and_then(|l| l.bytes_in.counter(&body.size_hint()));
     let mut body = RequestBody::new(body, route.max_body, bytes_in);
     let flow = route.pipeline.on_request(&mut ctx, &mut parts, &mut body).await;
+    ex.quota = ctx.quota;
+    if let Err(GatewayError::RateLimited { .. }) = &flow {
+        telemetry::metrics()
+            .rate_limited
+            .get_or_create(&RouteLabel {
+                route: Name(route.name.clone()),
+            })
+            .inc();
+    }
     if let Err(GatewayError::Unauthorized { plugin, .. }) = &flow {
         telemetry::metrics()
             .auth_failures
