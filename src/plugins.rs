@@ -389,7 +389,7 @@ fn instantiate(
         out.push(Plugin::Acl(Arc::new(acl::Acl::new(c))));
     }
     if let Some(c) = &cfg.rate_limit {
-        match rate_limit::RateLimit::new(c.as_slice()) {
+        match rate_limit::RateLimit::new(c.as_slice(), shared.redis.clone(), scope) {
             Ok(p) => out.push(Plugin::RateLimit(Arc::new(p))),
             Err((field, message)) => errors.push(FieldError::new(
                 format!(

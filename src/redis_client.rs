@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, Pipeline};
+use redis::{FromRedisValue, Pipeline, ScriptInvocation};
 use tokio::sync::OnceCell;
 
 use crate::config::RedisConfig;
@@ -63,6 +63,22 @@ impl Redis {
         let run = async {
             let mut conn = self.conn().await?;
             pipe.query_async::<T>(&mut conn).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    /// Runs a Lua script (`EVALSHA`, loading it on `NOSCRIPT`): one atomic
+    /// step on the server, within `redis.timeout`.
+    pub async fn script<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, String> {
+        let run = async {
+            let mut conn = self.conn().await?;
+            invocation
+                .invoke_async::<T>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
         };
         match tokio::time::timeout(self.timeout, run).await {
             Ok(r) => r,

@@ -142,14 +142,132 @@ async fn leaky_bucket_delays_then_refuses() {
 
 #[test]
 fn policy_errors_are_named() {
-    let yaml = "version: 1\nroutes:\n  - name: a\n    match: {paths: [/a]}\n    respond: {status: 200}\n    plugins:\n      rate_limit:\n        - {algorithm: token_bucket, burst: 3}\n        - {algorithm: fixed_window, limit: 3, window: 1m, key: [\"cookie:x\"]}\n  - name: b\n    match: {paths: [/b]}\n    respond: {status: 200}\n    plugins:\n      rate_limit: {rate: 5/s, store: redis}\n";
+    let yaml = "version: 1\nroutes:\n  - name: a\n    match: {paths: [/a]}\n    respond: {status: 200}\n    plugins:\n      rate_limit:\n        - {algorithm: token_bucket, burst: 3}\n        - {algorithm: fixed_window, limit: 3, window: 1m, key: [\"cookie:x\"]}\n  - name: b\n    match: {paths: [/b]}\n    respond: {status: 200}\n    plugins:\n      rate_limit: {rate: 5/s, store: redis}\n  - name: c\n    match: {paths: [/c]}\n    respond: {status: 200}\n    plugins:\n      rate_limit: {rate: 5/s, store: hybrid}\n";
     let err = fails("validate", yaml);
     assert!(
         err.contains("routes[0].plugins.rate_limit[0].rate: a bucket needs `rate`"),
         "{err}"
     );
     assert!(
-        err.contains("routes[1].plugins.rate_limit.store: only `store: local` is supported yet"),
+        err.contains(
+            "routes[1].plugins.rate_limit.store: `store: redis` needs the top-level `redis` section"
+        ),
         "{err}"
     );
+    assert!(
+        err.contains("routes[2].plugins.rate_limit.store: `store: hybrid` is not supported yet"),
+        "{err}"
+    );
+}
+
+fn redis_config(up: &Upstream, redis: &RedisServer) -> String {
+    let route = |name: &str, policy: &str| {
+        format!(
+            "  - name: {name}\n    match: {{paths: [/{name}]}}\n    upstream: u\n    plugins:\n      rate_limit: {{{policy}, key: [global], store: redis}}\n"
+        )
+    };
+    let routes = [
+        route("tb", "rate: 1/m, burst: 5"),
+        route("fw", "algorithm: fixed_window, limit: 3, window: 1h"),
+        route("sl", "algorithm: sliding_window_log, limit: 3, window: 1h"),
+        route("sc", "algorithm: sliding_window_counter, limit: 3, window: 1h"),
+        route("lb", "algorithm: leaky_bucket, rate: 5/s, burst: 1"),
+        route("open", "rate: 1/m, burst: 100, on_store_error: allow"),
+        route("closed", "rate: 1/m, burst: 100, on_store_error: deny"),
+    ]
+    .concat();
+    format!(
+        "{}redis: {{url: \"{}\", timeout: 200ms}}\n",
+        config(
+            &upstream("u", up),
+            &routes,
+            "admin: {address: \"127.0.0.1:0\", token: t}\n"
+        ),
+        redis.url()
+    )
+}
+
+#[tokio::test]
+async fn redis_store_one_limit_across_two_gateways() {
+    let up = Upstream::start("u").await;
+    let mut redis = RedisServer::start();
+    let yaml = redis_config(&up, &redis);
+    let (gw1, gw2) = (Gateway::start(&yaml), Gateway::start(&yaml));
+
+    // Each algorithm: the limit holds across both nodes, exactly.
+    for (path, limit) in [("/tb", 5), ("/fw", 3), ("/sl", 3), ("/sc", 3)] {
+        let mut passed = 0;
+        for i in 0..10 {
+            let gw = if i % 2 == 0 { &gw1 } else { &gw2 };
+            let r = hit(gw, path, &[]).await;
+            match r.status {
+                200 => passed += 1,
+                429 => {
+                    r.problem(429, "rate-limited");
+                    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+                }
+                s => panic!("{path}: {s}"),
+            }
+        }
+        assert_eq!(passed, limit, "{path}");
+    }
+    let r = hit(&gw1, "/fw", &[]).await;
+    assert_eq!(
+        limits(&r),
+        ("3".into(), "0".into(), r.header("ratelimit-reset").into())
+    );
+
+    // Leaky bucket: one goes, one waits in the queue, the rest are refused.
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        let url = if i % 2 == 0 {
+            gw1.url("/lb")
+        } else {
+            gw2.url("/lb")
+        };
+        calls.push(tokio::spawn(async move {
+            let r = send(&client_h1(), req("GET", &url).body(Full::default()).unwrap()).await;
+            (r.status, started.elapsed())
+        }));
+    }
+    let mut results = Vec::new();
+    for c in calls {
+        results.push(c.await.unwrap());
+    }
+    assert_eq!(
+        results.iter().filter(|(s, _)| *s == 200).count(),
+        2,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|(s, d)| *s == 200 && *d >= Duration::from_millis(150)),
+        "{results:?}"
+    );
+
+    // Redis down: `allow` lets requests through, `deny` answers 503.
+    redis.stop();
+    let r = hit(&gw1, "/open", &[]).await;
+    assert_eq!(r.status, 200);
+    hit(&gw1, "/closed", &[])
+        .await
+        .problem(503, "service-unavailable");
+    let m = gw1.admin_metrics("t").await;
+    assert!(m.contains("portcullis_rate_limit_store_errors_total 2"), "{m}");
+    assert!(gw1.logged("rate limit store failed"));
+
+    // Back: decisions are made again (the old counts are gone with the data).
+    redis.resume();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = hit(&gw1, "/closed", &[]).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    assert_eq!(hit(&gw1, "/closed", &[]).await.header("ratelimit-limit"), "100");
 }

@@ -16,22 +16,28 @@
 //! refuses). The `RateLimit-*` headers describe the policy closest to its
 //! limit; a refusal is 429 with `Retry-After`.
 //!
-//! State lives in this process (`store: local`): sharded maps keyed by a
-//! keyed hash of the request's key, so building a key allocates nothing;
-//! a shard past its share of [`MAX_KEYS`] first drops keys at rest (their
-//! state is that of a new key), so memory stays bounded.
+//! With `store: local` the counts live in this process: sharded maps keyed
+//! by a keyed hash of the request's key, so building a key allocates
+//! nothing; a shard past its share of [`MAX_KEYS`] first drops keys at rest
+//! (their state is that of a new key), so memory stays bounded. With
+//! `store: redis` they live in Redis, shared by every node: one Lua script
+//! run per decision (`rate_limit.lua`). When Redis fails, `on_store_error`
+//! decides: `allow` (the default) lets the request through, `deny` answers
+//! 503; both are logged and counted.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, request};
+use sha2::{Digest, Sha256};
 
 use super::RequestCtx;
-use crate::config::{RateLimitAlgorithm, RateLimitPolicy};
+use crate::config::{OnStoreError, RateLimitAlgorithm, RateLimitPolicy, Store};
 use crate::error::GatewayError;
+use crate::redis_client::Redis;
 
 /// Keys tracked per policy at most.
 const MAX_KEYS: usize = 1 << 20;
@@ -319,13 +325,35 @@ type Shard = HashMap<u64, (State, u64)>;
 pub struct Policy {
     algorithm: Algorithm,
     key: Vec<KeyPart>,
-    hasher: RandomState,
-    shards: Box<[Mutex<Shard>]>,
+    counts: Counts,
+}
+
+/// Where a policy's counts live.
+enum Counts {
+    /// In this process (`store: local`).
+    Local {
+        hasher: RandomState,
+        shards: Box<[Mutex<Shard>]>,
+    },
+    /// In Redis (`store: redis`), shared by every gateway node: each
+    /// decision is one Lua script run (one round trip, atomic), timed by
+    /// Redis's clock. Keys are `rl:{<policy>:<digest>}`: the hash tag keeps
+    /// every key of one decision in one Redis Cluster slot.
+    Redis {
+        redis: Arc<Redis>,
+        /// The policy's place in the config (the same on every node).
+        id: String,
+        on_error: OnStoreError,
+    },
 }
 
 impl Policy {
     /// Errors name the field under the policy.
-    pub fn new(cfg: &RateLimitPolicy) -> Result<Policy, (String, String)> {
+    pub fn new(
+        cfg: &RateLimitPolicy,
+        redis: Option<Arc<Redis>>,
+        id: &str,
+    ) -> Result<Policy, (String, String)> {
         let algorithm = match cfg.algorithm {
             RateLimitAlgorithm::TokenBucket | RateLimitAlgorithm::LeakyBucket => {
                 let rate = cfg.rate.as_ref().ok_or_else(|| {
@@ -378,33 +406,65 @@ impl Policy {
             }
         };
         let key = key_parts(&cfg.key).map_err(|(i, e)| (format!("key[{i}]"), e))?;
+        let counts = match cfg.store {
+            Store::Local | Store::Memory => Counts::Local {
+                hasher: RandomState::new(),
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            },
+            Store::Redis => Counts::Redis {
+                redis: redis.ok_or_else(|| {
+                    (
+                        "store".to_string(),
+                        "`store: redis` needs the top-level `redis` section".to_string(),
+                    )
+                })?,
+                id: id.to_string(),
+                on_error: cfg.on_store_error,
+            },
+            Store::Hybrid => return Err(("store".into(), "`store: hybrid` is not supported yet".into())),
+        };
         Ok(Policy {
             algorithm,
             key,
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            counts,
         })
     }
 
-    /// The key of this request, hashed (keyed per policy, so clients cannot
-    /// aim collisions at each other).
-    fn key_of(&self, ctx: &RequestCtx, route: &str, req: &request::Parts) -> u64 {
-        let mut h = self.hasher.build_hasher();
+    /// Feeds the request's key parts to `h`.
+    fn hash_key<H: Hasher>(&self, h: &mut H, ctx: &RequestCtx, req: &request::Parts) {
         for part in &self.key {
             match part {
-                KeyPart::Consumer => ctx.consumer.as_ref().map(|c| c.name.as_str()).hash(&mut h),
-                KeyPart::Ip => ctx.client_ip.hash(&mut h),
-                KeyPart::Route => route.hash(&mut h),
-                KeyPart::Header(name) => req.headers.get(name).map(|v| v.as_bytes()).hash(&mut h),
-                KeyPart::Global => 0u8.hash(&mut h),
+                KeyPart::Consumer => ctx.consumer.as_ref().map(|c| c.name.as_str()).hash(h),
+                KeyPart::Ip => ctx.client_ip.hash(h),
+                KeyPart::Route => ctx.route.hash(h),
+                KeyPart::Header(name) => req.headers.get(name).map(|v| v.as_bytes()).hash(h),
+                KeyPart::Global => 0u8.hash(h),
             }
         }
-        h.finish()
     }
 
-    pub fn decide(&self, ctx: &RequestCtx, route: &str, req: &request::Parts, now: u64) -> Decision {
-        let key = self.key_of(ctx, route, req);
-        let mut shard = self.shards[key as usize % SHARDS]
+    /// Decides one request. `Err` only from Redis.
+    pub async fn decide(&self, ctx: &RequestCtx, req: &request::Parts, now: u64) -> Result<Decision, String> {
+        match &self.counts {
+            Counts::Local { hasher, shards } => {
+                // Keyed per policy, so clients cannot aim collisions at each other.
+                let mut h = hasher.build_hasher();
+                self.hash_key(&mut h, ctx, req);
+                Ok(self.decide_local(shards, h.finish(), now))
+            }
+            Counts::Redis { redis, id, .. } => {
+                // The same on every node: a digest, not a per-process hash.
+                let mut h = DigestHasher(Sha256::new());
+                self.hash_key(&mut h, ctx, req);
+                let digest = h.0.finalize();
+                let key = format!("rl:{{{id}:{}}}", crate::hex::encode(&digest[..16]));
+                self.decide_redis(redis, &key).await
+            }
+        }
+    }
+
+    fn decide_local(&self, shards: &[Mutex<Shard>], key: u64, now: u64) -> Decision {
+        let mut shard = shards[key as usize % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if shard.len() >= MAX_KEYS / SHARDS && !shard.contains_key(&key) {
@@ -422,6 +482,69 @@ impl Policy {
         *last = now;
         self.algorithm.decide(state, now)
     }
+
+    /// One script run decides and counts; the answer is the state it saw,
+    /// replayed through [`Algorithm::decide`] for the quota.
+    async fn decide_redis(&self, redis: &Redis, key: &str) -> Result<Decision, String> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(include_str!("rate_limit.lua")));
+        let (code, a, b) = match self.algorithm {
+            Algorithm::TokenBucket { burst, interval } => ("tb", burst, interval),
+            Algorithm::LeakyBucket { burst, interval } => ("lb", burst, interval),
+            Algorithm::FixedWindow { limit, window } => ("fw", limit, window),
+            Algorithm::SlidingLog { limit, window } => ("sl", limit, window),
+            Algorithm::SlidingCounter { limit, window } => ("sc", limit, window),
+        };
+        let mut invocation = SCRIPT.key(key);
+        invocation.arg(code).arg(a).arg(b);
+        let (_, now, x, y): (i64, u64, u64, u64) = redis.script(&invocation).await?;
+        let mut state = match self.algorithm {
+            Algorithm::TokenBucket { .. } | Algorithm::LeakyBucket { .. } => State::Tat(x),
+            Algorithm::FixedWindow { window, .. } | Algorithm::SlidingCounter { window, .. } => {
+                State::Window {
+                    start: now - now % window,
+                    count: x,
+                    previous: y,
+                }
+            }
+            Algorithm::SlidingLog { limit, window } => {
+                // x requests in the span, the oldest at y.
+                return Ok(if x >= limit {
+                    Decision::Deny {
+                        quota: Quota {
+                            limit,
+                            remaining: 0,
+                            reset: secs_ceil(window),
+                        },
+                        retry_after: secs_ceil((y + window).saturating_sub(now)).max(1),
+                    }
+                } else {
+                    Decision::Allow {
+                        quota: Quota {
+                            limit,
+                            remaining: limit - x - 1,
+                            reset: secs_ceil(window),
+                        },
+                        wait: Duration::ZERO,
+                    }
+                });
+            }
+        };
+        Ok(self.algorithm.decide(&mut state, now))
+    }
+}
+
+/// A [`Hasher`] over SHA-256, for keys that must be the same on every node.
+struct DigestHasher(Sha256);
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        0
+    }
 }
 
 /// The `rate_limit` plugin: its policies, checked in order.
@@ -430,16 +553,20 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// Errors name the field under `rate_limit`.
-    pub fn new(policies: &[RateLimitPolicy]) -> Result<RateLimit, (String, String)> {
+    /// Errors name the field under `rate_limit`. `scope` names where the
+    /// plugin sits in the config (`routes[3].plugins`): with `store: redis`
+    /// it names the policy's counts, so it must be the same on every node.
+    pub fn new(
+        policies: &[RateLimitPolicy],
+        redis: Option<Arc<Redis>>,
+        scope: &str,
+    ) -> Result<RateLimit, (String, String)> {
         let many = policies.len() > 1;
         let mut out = Vec::new();
         for (i, p) in policies.iter().enumerate() {
             let at = |field: String| if many { format!("[{i}].{field}") } else { field };
-            if p.store != crate::config::Store::Local {
-                return Err((at("store".into()), "only `store: local` is supported yet".into()));
-            }
-            out.push(Policy::new(p).map_err(|(f, e)| (at(f), e))?);
+            let id = format!("{scope}.rate_limit[{i}]");
+            out.push(Policy::new(p, redis.clone(), &id).map_err(|(f, e)| (at(f), e))?);
         }
         Ok(RateLimit { policies: out })
     }
@@ -454,7 +581,28 @@ impl RateLimit {
         let mut closest: Option<Quota> = None;
         let mut refused = None;
         for policy in &self.policies {
-            match policy.decide(ctx, &ctx.route, req, now) {
+            let decision = match policy.decide(ctx, req, now).await {
+                Ok(d) => d,
+                Err(cause) => {
+                    let deny = matches!(
+                        policy.counts,
+                        Counts::Redis {
+                            on_error: OnStoreError::Deny,
+                            ..
+                        }
+                    );
+                    crate::telemetry::metrics().rate_limit_store_errors.inc();
+                    tracing::warn!(request_id = ?ctx.request_id, error = %cause, deny, "rate limit store failed");
+                    if deny {
+                        return Err(GatewayError::Unavailable {
+                            plugin: "rate_limit",
+                            cause,
+                        });
+                    }
+                    continue;
+                }
+            };
+            match decision {
                 Decision::Allow { quota, wait: w } => {
                     wait = wait.max(w);
                     if closest.is_none_or(|c| quota.remaining < c.remaining) {

@@ -107,6 +107,7 @@ pub struct Metrics {
     pub cache_requests: Family<RouteResultLabels, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     pub access_log_dropped: Counter,
+    pub rate_limit_store_errors: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,6 +140,7 @@ impl Metrics {
             cache_requests: Family::default(),
             config_reloads: Family::default(),
             access_log_dropped: Counter::default(),
+            rate_limit_store_errors: Counter::default(),
             registry: Registry::default(),
         };
         // Counters are registered without `_total`: the encoder adds it.
@@ -206,6 +208,11 @@ impl Metrics {
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
+        );
+        registry.register(
+            "rate_limit_store_errors",
+            "Rate-limit decisions the store (Redis) failed to make; on_store_error decided",
+            m.rate_limit_store_errors.clone(),
         );
         // Both outcomes exist from the start, so a rate() over them works at once.
         for result in ["success", "failure"] {
