@@ -215,11 +215,67 @@ pub struct Shared {
     pub hmac: Arc<hmac_auth::CredentialIndex>,
     /// The `redis` section's connections.
     pub redis: Option<Arc<crate::redis_client::Redis>>,
-    /// Downloaded key sets in use, by URL.
-    jwks: Mutex<HashMap<String, Arc<jwks::Jwks>>>,
-    /// The sets of the runtime before, while this one is built: a URL used
-    /// again takes its set (and keys) from here.
-    carried: Mutex<HashMap<String, Arc<jwks::Jwks>>>,
+    /// Downloaded key sets, by URL.
+    jwks: Carried<jwks::Jwks>,
+    /// `store: local` rate-limit counts, by the policy and its place.
+    limits: Carried<rate_limit::LocalCounts>,
+}
+
+/// State that outlives a reload when the config that made it is unchanged
+/// (a key set and its keys, rate-limit counts), found by a key that says
+/// what made it. While a runtime is built, what the runtime before held is
+/// at hand; [`Carried::finish`] lets go of what the new one did not take.
+pub struct Carried<T> {
+    used: Mutex<HashMap<String, Arc<T>>>,
+    before: Mutex<HashMap<String, Arc<T>>>,
+}
+
+impl<T> Default for Carried<T> {
+    fn default() -> Self {
+        Carried {
+            used: Mutex::default(),
+            before: Mutex::default(),
+        }
+    }
+}
+
+impl<T> Carried<T> {
+    fn after(previous: Option<&Carried<T>>) -> Carried<T> {
+        let before = previous
+            .map(|p| p.used.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        Carried {
+            used: Mutex::default(),
+            before: Mutex::new(before),
+        }
+    }
+
+    /// The one in use under `key`, the runtime before's, or a new one.
+    pub fn get_or_make<E>(&self, key: &str, make: impl FnOnce() -> Result<T, E>) -> Result<Arc<T>, E> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = used.get(key) {
+            return Ok(t.clone());
+        }
+        let before = self.before.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        let t = match before {
+            Some(t) => t,
+            None => Arc::new(make()?),
+        };
+        used.insert(key.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn finish(&self) {
+        self.before.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn each(&self, mut f: impl FnMut(&Arc<T>)) {
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .for_each(&mut f);
+    }
 }
 
 impl Shared {
@@ -265,16 +321,13 @@ impl Shared {
                 }
             },
         };
-        let carried = previous
-            .map(|p| p.jwks.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .unwrap_or_default();
         let shared = Shared {
             keys: Arc::new(keys),
             subjects: Arc::new(subjects),
             hmac: Arc::new(hmac),
             redis,
-            jwks: Mutex::default(),
-            carried: Mutex::new(carried),
+            jwks: Carried::after(previous.map(|p| &p.jwks)),
+            limits: Carried::after(previous.map(|p| &p.limits)),
         };
         (shared, errors)
     }
@@ -282,31 +335,20 @@ impl Shared {
     /// The key set at `url`: the one in use, the one the runtime before
     /// held, or a new one.
     fn jwks(&self, url: &str) -> Result<Arc<jwks::Jwks>, String> {
-        let mut sets = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(set) = sets.get(url) {
-            return Ok(set.clone());
-        }
-        let carried = self.carried.lock().unwrap_or_else(|e| e.into_inner()).remove(url);
-        let set = match carried {
-            Some(set) => set,
-            None => Arc::new(jwks::Jwks::new(url)?),
-        };
-        sets.insert(url.to_string(), set.clone());
-        Ok(set)
+        self.jwks.get_or_make(url, || jwks::Jwks::new(url))
     }
 
-    /// Ends the build: sets of the runtime before that this config does not
-    /// use are let go (they stop refreshing once that runtime is gone).
+    /// Ends the build: state of the runtime before that this config does
+    /// not use is let go (key sets stop refreshing once that runtime is gone).
     pub fn finish(&self) {
-        self.carried.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.jwks.finish();
+        self.limits.finish();
     }
 
     /// Starts the background work of a runtime put in force (key set
     /// downloads). Needs a tokio runtime.
     pub fn start(&self) {
-        for set in self.jwks.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            set.start();
-        }
+        self.jwks.each(|set| set.start());
     }
 }
 
@@ -389,7 +431,7 @@ fn instantiate(
         out.push(Plugin::Acl(Arc::new(acl::Acl::new(c))));
     }
     if let Some(c) = &cfg.rate_limit {
-        match rate_limit::RateLimit::new(c.as_slice(), shared.redis.clone(), scope) {
+        match rate_limit::RateLimit::new(c.as_slice(), shared.redis.clone(), &shared.limits, scope) {
             Ok(p) => out.push(Plugin::RateLimit(Arc::new(p))),
             Err((field, message)) => errors.push(FieldError::new(
                 format!(
@@ -625,8 +667,15 @@ mod tests {
         assert!(Arc::ptr_eq(&set, &second.jwks("http://127.0.0.1:1/a").unwrap()));
         // Another URL: the old set is not carried into the new runtime.
         let (third, _g3) = build(&cfg("http://127.0.0.1:1/b"), Some(&second));
-        assert_eq!(third.jwks.lock().unwrap().len(), 1);
-        assert!(third.carried.lock().unwrap().is_empty());
-        assert!(!third.jwks.lock().unwrap().contains_key("http://127.0.0.1:1/a"));
+        assert_eq!(third.jwks.used.lock().unwrap().len(), 1);
+        assert!(third.jwks.before.lock().unwrap().is_empty());
+        assert!(
+            !third
+                .jwks
+                .used
+                .lock()
+                .unwrap()
+                .contains_key("http://127.0.0.1:1/a")
+        );
     }
 }

@@ -55,6 +55,21 @@ async fn token_bucket_burst_is_exact_and_headers_are_on_every_answer() {
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(up.count(), 3, "refused requests never reach the upstream");
 
+    // A reload that leaves the policy as it was keeps its counts.
+    let put = send(
+        &client_h1(),
+        req("PUT", &gw.admin_url("/routes/extra"))
+            .header("authorization", "Bearer t")
+            .body(Full::new(Bytes::from(
+                r#"{"match": {"paths": ["/extra"]}, "respond": {"status": 200}}"#,
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(put.status, 201, "{:?}", put.body);
+    assert_eq!(hit(&gw, "/extra", &[]).await.status, 200);
+    hit(&gw, "/api", &[]).await.problem(429, "rate-limited");
+
     // Keyed by a header: each user has their own window.
     for user in ["ann", "bob"] {
         for _ in 0..2 {
@@ -77,7 +92,7 @@ async fn token_bucket_burst_is_exact_and_headers_are_on_every_answer() {
 
     let m = gw.admin_metrics("t").await;
     assert!(
-        m.contains(r#"portcullis_rate_limited_total{route="api"} 1"#),
+        m.contains(r#"portcullis_rate_limited_total{route="api"} 2"#),
         "{m}"
     );
     assert!(

@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderName, request};
 use sha2::{Digest, Sha256};
 
-use super::RequestCtx;
+use super::{Carried, RequestCtx};
 use crate::config::{OnStoreError, RateLimitAlgorithm, RateLimitPolicy, Store};
 use crate::error::GatewayError;
 use crate::redis_client::Redis;
@@ -321,6 +321,21 @@ fn key_parts(key: &[String]) -> Result<Vec<KeyPart>, (usize, String)> {
 /// Hashed key → its state and when it was last used (µs).
 type Shard = HashMap<u64, (State, u64)>;
 
+/// A `store: local` policy's counts.
+pub struct LocalCounts {
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+impl LocalCounts {
+    fn new() -> LocalCounts {
+        LocalCounts {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
 /// One policy and its counts.
 pub struct Policy {
     algorithm: Algorithm,
@@ -330,11 +345,9 @@ pub struct Policy {
 
 /// Where a policy's counts live.
 enum Counts {
-    /// In this process (`store: local`).
-    Local {
-        hasher: RandomState,
-        shards: Box<[Mutex<Shard>]>,
-    },
+    /// In this process (`store: local`); kept across reloads that leave the
+    /// policy as it was.
+    Local(Arc<LocalCounts>),
     /// In Redis (`store: redis`), shared by every gateway node: each
     /// decision is one Lua script run (one round trip, atomic), timed by
     /// Redis's clock. Keys are `rl:{<policy>:<digest>}`: the hash tag keeps
@@ -352,6 +365,7 @@ impl Policy {
     pub fn new(
         cfg: &RateLimitPolicy,
         redis: Option<Arc<Redis>>,
+        carried: &Carried<LocalCounts>,
         id: &str,
     ) -> Result<Policy, (String, String)> {
         let algorithm = match cfg.algorithm {
@@ -407,10 +421,13 @@ impl Policy {
         };
         let key = key_parts(&cfg.key).map_err(|(i, e)| (format!("key[{i}]"), e))?;
         let counts = match cfg.store {
-            Store::Local | Store::Memory => Counts::Local {
-                hasher: RandomState::new(),
-                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            },
+            Store::Local | Store::Memory => {
+                // The same policy at the same place keeps its counts.
+                let what = format!("{id} {cfg:?}");
+                let counts =
+                    carried.get_or_make(&what, || Ok::<_, std::convert::Infallible>(LocalCounts::new()));
+                Counts::Local(counts.unwrap_or_else(|never| match never {}))
+            }
             Store::Redis => Counts::Redis {
                 redis: redis.ok_or_else(|| {
                     (
@@ -446,11 +463,11 @@ impl Policy {
     /// Decides one request. `Err` only from Redis.
     pub async fn decide(&self, ctx: &RequestCtx, req: &request::Parts, now: u64) -> Result<Decision, String> {
         match &self.counts {
-            Counts::Local { hasher, shards } => {
+            Counts::Local(counts) => {
                 // Keyed per policy, so clients cannot aim collisions at each other.
-                let mut h = hasher.build_hasher();
+                let mut h = counts.hasher.build_hasher();
                 self.hash_key(&mut h, ctx, req);
-                Ok(self.decide_local(shards, h.finish(), now))
+                Ok(self.decide_local(&counts.shards, h.finish(), now))
             }
             Counts::Redis { redis, id, .. } => {
                 // The same on every node: a digest, not a per-process hash.
@@ -559,6 +576,7 @@ impl RateLimit {
     pub fn new(
         policies: &[RateLimitPolicy],
         redis: Option<Arc<Redis>>,
+        carried: &Carried<LocalCounts>,
         scope: &str,
     ) -> Result<RateLimit, (String, String)> {
         let many = policies.len() > 1;
@@ -566,7 +584,7 @@ impl RateLimit {
         for (i, p) in policies.iter().enumerate() {
             let at = |field: String| if many { format!("[{i}].{field}") } else { field };
             let id = format!("{scope}.rate_limit[{i}]");
-            out.push(Policy::new(p, redis.clone(), &id).map_err(|(f, e)| (at(f), e))?);
+            out.push(Policy::new(p, redis.clone(), carried, &id).map_err(|(f, e)| (at(f), e))?);
         }
         Ok(RateLimit { policies: out })
     }
