@@ -1,6 +1,6 @@
 //! What a JWT costs the first time the gateway sees it: the full check
 //! (header, key lookup, signature, claims), no cache. Later requests with
-//! the same token are a cache lookup (measured end to end by bench/auth.sh).
+//! the same token are a cache lookup (measured end to end by bench/plugins.sh).
 //! Must stay under 50 µs for RS256. `cargo bench --bench jwt`
 
 use std::hint::black_box;

@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# What authentication costs on the proxy path: one gateway build, three
-# configs, measured in one interleaved run (plain, jwt, phantom, plain, ...),
-# one worker each, HTTP/1.1 keep-alive, every request carrying the same
-# `Authorization: Bearer` header:
+# What plugins cost on the proxy path: one gateway build, one config per
+# target, measured in one interleaved run (plain, jwt, phantom, ..., plain,
+# ...), one worker each, HTTP/1.1 keep-alive, every request carrying the same
+# kind of `Authorization: Bearer` header:
 #
-#   plain     the route without auth
-#   jwt       `jwt` with an inline RS256 key (verified tokens cached)
-#   phantom   `phantom_token` from a real redis-server (warm local cache)
+#   plain      the route without plugins
+#   jwt        `jwt` with an inline RS256 key (verified tokens cached)
+#   phantom    `phantom_token` from a real redis-server (warm local cache)
+#   rl-local   `rate_limit`, token bucket, `store: local`, key [ip] (never trips)
+#   rl-redis   the same with `store: redis` (one Lua script run per request)
+#
+#   TARGETS="plain rl-local" bench/plugins.sh     # a subset (plain is the base)
 #
 # Load generator on CPU 0, everything else on CPU 1 (like ../shared/bench).
 #
-#   bench/auth.sh                         # 3 rounds x 10 s
-#   ROUNDS=1 DURATION=5 bench/auth.sh
+#   bench/plugins.sh                      # 3 rounds x 10 s
+#   ROUNDS=1 DURATION=5 bench/plugins.sh
 # Needs wrk, redis-server, openssl, and the shared harness's upstream.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HARNESS="${HARNESS:-$ROOT/../shared/bench}"
-WORK="${BENCH_WORK:-/tmp/portcullis-bench}/auth"
+WORK="${BENCH_WORK:-/tmp/portcullis-bench}/plugins"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10}"
 CONNS="${CONNS:-64}"
@@ -46,6 +50,9 @@ redis_line="redis: { url: \"redis://127.0.0.1:$REDIS_PORT/0\" }"
 { bench_config 19811; echo "$redis_line"; } >"$WORK/plain.yaml"
 { bench_config 19812 "" "{ jwt: { issuer: \"https://idp.bench\", algorithms: [RS256], keys: [{ kid: bench, alg: RS256, pem: $PEM_JSON }] } }"; echo "$redis_line"; } >"$WORK/jwt.yaml"
 { bench_config 19813 "" "{ phantom_token: { source: redis, cache_ttl: 30s } }"; echo "$redis_line"; } >"$WORK/phantom.yaml"
+never_trips="rate: 1000000/s, burst: 1000000, key: [ip]"
+{ bench_config 19814 "" "{ rate_limit: { $never_trips } }"; echo "$redis_line"; } >"$WORK/rl-local.yaml"
+{ bench_config 19815 "" "{ rate_limit: { $never_trips, store: redis, on_store_error: deny } }"; echo "$redis_line"; } >"$WORK/rl-redis.yaml"
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
@@ -57,9 +64,10 @@ pids+=($!)
 sleep 0.5
 redis-cli -p $REDIS_PORT SET phantom:bench-opaque "$TOKEN" EX 86400 >/dev/null
 
-declare -A port=([plain]=19811 [jwt]=19812 [phantom]=19813)
-declare -A bearer=([plain]="$TOKEN" [jwt]="$TOKEN" [phantom]="bench-opaque")
-names=(plain jwt phantom)
+declare -A port=([plain]=19811 [jwt]=19812 [phantom]=19813 [rl-local]=19814 [rl-redis]=19815)
+declare -A bearer=([plain]="$TOKEN" [jwt]="$TOKEN" [phantom]="bench-opaque" [rl-local]="$TOKEN" [rl-redis]="$TOKEN")
+read -r -a names <<<"${TARGETS:-plain jwt phantom rl-local rl-redis}"
+[ "${names[0]}" = plain ] || names=(plain "${names[@]}")
 for n in "${names[@]}"; do
   taskset -c 1 "$ROOT/target/release/portcullis" run -c "$WORK/$n.yaml" --workers 1 --log-level warn --no-watch >"$WORK/$n.log" 2>&1 &
   pids+=($!)
