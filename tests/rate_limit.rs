@@ -70,6 +70,11 @@ async fn token_bucket_burst_is_exact_and_headers_are_on_every_answer() {
     assert_eq!(hit(&gw, "/extra", &[]).await.status, 200);
     hit(&gw, "/api", &[]).await.problem(429, "rate-limited");
 
+    // A client outside trusted_proxies cannot pose as another IP for a fresh bucket.
+    hit(&gw, "/api", &[("x-forwarded-for", "203.0.113.9")])
+        .await
+        .problem(429, "rate-limited");
+
     // Keyed by a header: each user has their own window.
     for user in ["ann", "bob"] {
         for _ in 0..2 {
@@ -92,7 +97,7 @@ async fn token_bucket_burst_is_exact_and_headers_are_on_every_answer() {
 
     let m = gw.admin_metrics("t").await;
     assert!(
-        m.contains(r#"portcullis_rate_limited_total{route="api"} 2"#),
+        m.contains(r#"portcullis_rate_limited_total{route="api"} 3"#),
         "{m}"
     );
     assert!(
