@@ -358,6 +358,8 @@ enum Counts {
         id: String,
         on_error: OnStoreError,
     },
+    /// Decided here, synced with Redis every `sync_interval` (`store: hybrid`).
+    Hybrid { counts: Arc<HybridCounts>, id: String },
 }
 
 impl Policy {
@@ -438,7 +440,37 @@ impl Policy {
                 id: id.to_string(),
                 on_error: cfg.on_store_error,
             },
-            Store::Hybrid => return Err(("store".into(), "`store: hybrid` is not supported yet".into())),
+            Store::Hybrid => {
+                if matches!(
+                    algorithm,
+                    Algorithm::LeakyBucket { .. } | Algorithm::SlidingLog { .. }
+                ) {
+                    return Err((
+                        "store".into(),
+                        "`store: hybrid` works with token_bucket, fixed_window and sliding_window_counter"
+                            .into(),
+                    ));
+                }
+                let redis = redis.ok_or_else(|| {
+                    (
+                        "store".to_string(),
+                        "`store: hybrid` needs the top-level `redis` section".to_string(),
+                    )
+                })?;
+                if cfg.sync_interval.0.is_zero() {
+                    return Err(("sync_interval".into(), "must be more than 0".into()));
+                }
+                Counts::Hybrid {
+                    counts: Arc::new(HybridCounts {
+                        algorithm,
+                        redis,
+                        interval: cfg.sync_interval.0,
+                        shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                        started: Default::default(),
+                    }),
+                    id: id.to_string(),
+                }
+            }
         };
         Ok(Policy {
             algorithm,
@@ -477,6 +509,11 @@ impl Policy {
                 let key = format!("rl:{{{id}:{}}}", crate::hex::encode(&digest[..16]));
                 self.decide_redis(redis, &key).await
             }
+            Counts::Hybrid { counts, id } => {
+                let mut h = DigestHasher(Sha256::new());
+                self.hash_key(&mut h, ctx, req);
+                Ok(counts.decide(&h.0.finalize(), id, now))
+            }
         }
     }
 
@@ -503,18 +540,7 @@ impl Policy {
     /// One script run decides and counts; the answer is the state it saw,
     /// replayed through [`Algorithm::decide`] for the quota.
     async fn decide_redis(&self, redis: &Redis, key: &str) -> Result<Decision, String> {
-        static SCRIPT: std::sync::LazyLock<redis::Script> =
-            std::sync::LazyLock::new(|| redis::Script::new(include_str!("rate_limit.lua")));
-        let (code, a, b) = match self.algorithm {
-            Algorithm::TokenBucket { burst, interval } => ("tb", burst, interval),
-            Algorithm::LeakyBucket { burst, interval } => ("lb", burst, interval),
-            Algorithm::FixedWindow { limit, window } => ("fw", limit, window),
-            Algorithm::SlidingLog { limit, window } => ("sl", limit, window),
-            Algorithm::SlidingCounter { limit, window } => ("sc", limit, window),
-        };
-        let mut invocation = SCRIPT.key(key);
-        invocation.arg(code).arg(a).arg(b);
-        let (_, now, x, y): (i64, u64, u64, u64) = redis.script(&invocation).await?;
+        let (now, x, y) = run_script(redis, key, self.algorithm, 0).await?;
         let mut state = match self.algorithm {
             Algorithm::TokenBucket { .. } | Algorithm::LeakyBucket { .. } => State::Tat(x),
             Algorithm::FixedWindow { window, .. } | Algorithm::SlidingCounter { window, .. } => {
@@ -548,6 +574,130 @@ impl Policy {
             }
         };
         Ok(self.algorithm.decide(&mut state, now))
+    }
+}
+
+/// Runs `rate_limit.lua` for `key`: one decision (`n` = 0), or `n`
+/// requests counted (a hybrid sync). Returns Redis's time and the state.
+async fn run_script(
+    redis: &Redis,
+    key: &str,
+    algorithm: Algorithm,
+    n: u64,
+) -> Result<(u64, u64, u64), String> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(include_str!("rate_limit.lua")));
+    let (code, a, b) = match algorithm {
+        Algorithm::TokenBucket { burst, interval } => ("tb", burst, interval),
+        Algorithm::LeakyBucket { burst, interval } => ("lb", burst, interval),
+        Algorithm::FixedWindow { limit, window } => ("fw", limit, window),
+        Algorithm::SlidingLog { limit, window } => ("sl", limit, window),
+        Algorithm::SlidingCounter { limit, window } => ("sc", limit, window),
+    };
+    let mut invocation = SCRIPT.key(key);
+    invocation.arg(code).arg(a).arg(b).arg(n);
+    let (_, now, x, y): (i64, u64, u64, u64) = redis.script(&invocation).await?;
+    Ok((now, x, y))
+}
+
+/// A `store: hybrid` policy's counts: decided here, synced with Redis.
+///
+/// Each node decides from its own copy of a key's state and notes what it
+/// let through; every `sync_interval` it adds that to the key's state in
+/// Redis (one script run per key) and takes the global state back. Between
+/// two syncs a node sees only its own requests on top of the last global
+/// state, so N nodes admit at most the limit plus what the other N−1 let
+/// through in one `sync_interval` (each at most the limit).
+pub struct HybridCounts {
+    algorithm: Algorithm,
+    redis: Arc<Redis>,
+    interval: Duration,
+    shards: Box<[Mutex<HashMap<u64, HybridEntry>>]>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+struct HybridEntry {
+    state: State,
+    last: u64,
+    /// Let through here since the last sync.
+    pending: u64,
+    redis_key: String,
+}
+
+impl HybridCounts {
+    fn decide(self: &Arc<Self>, digest: &[u8], id: &str, now: u64) -> Decision {
+        if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            tokio::spawn(Self::sync_loop(Arc::downgrade(self)));
+        }
+        let hash = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
+        let mut shard = self.shards[hash as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if shard.len() >= MAX_KEYS / SHARDS && !shard.contains_key(&hash) {
+            let memory = self.algorithm.memory();
+            shard.retain(|_, e| e.pending > 0 || now.saturating_sub(e.last) < memory);
+        }
+        let entry = shard.entry(hash).or_insert_with(|| HybridEntry {
+            state: State::Fresh,
+            last: now,
+            pending: 0,
+            redis_key: format!("rl:{{{id}:{}}}", crate::hex::encode(&digest[..16])),
+        });
+        entry.last = now;
+        let decision = self.algorithm.decide(&mut entry.state, now);
+        if matches!(decision, Decision::Allow { .. }) {
+            entry.pending += 1;
+        }
+        decision
+    }
+
+    async fn sync_loop(this: std::sync::Weak<HybridCounts>) {
+        loop {
+            let Some(counts) = this.upgrade() else { return };
+            tokio::time::sleep(counts.interval).await;
+            counts.sync().await;
+        }
+    }
+
+    /// Sends what was let through since the last sync and takes the global
+    /// state back. A failed sync keeps the counts for the next one.
+    async fn sync(&self) {
+        let mut batch = Vec::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (hash, e) in shard.iter_mut().filter(|(_, e)| e.pending > 0) {
+                batch.push((i, *hash, e.redis_key.clone(), std::mem::take(&mut e.pending)));
+            }
+        }
+        for (i, hash, key, n) in batch {
+            let result = run_script(&self.redis, &key, self.algorithm, n).await;
+            let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+            let Some(entry) = shard.get_mut(&hash) else {
+                continue;
+            };
+            match result {
+                Ok((now, x, y)) => {
+                    entry.state = match self.algorithm {
+                        Algorithm::FixedWindow { window, .. } | Algorithm::SlidingCounter { window, .. } => {
+                            State::Window {
+                                start: now - now % window,
+                                count: x + entry.pending,
+                                previous: y,
+                            }
+                        }
+                        _ => State::Tat(match self.algorithm {
+                            Algorithm::TokenBucket { interval, .. } => x + entry.pending * interval,
+                            _ => x,
+                        }),
+                    };
+                }
+                Err(e) => {
+                    entry.pending += n;
+                    crate::telemetry::metrics().rate_limit_store_errors.inc();
+                    tracing::warn!(error = %e, "rate limit sync to Redis failed; counts kept for the next sync");
+                }
+            }
+        }
     }
 }
 
