@@ -9,6 +9,7 @@
 #   phantom    `phantom_token` from a real redis-server (warm local cache)
 #   rl-local   `rate_limit`, token bucket, `store: local`, key [ip] (never trips)
 #   rl-redis   the same with `store: redis` (one Lua script run per request)
+#   rl-hybrid  the same with `store: hybrid` (synced every 100 ms)
 #
 #   TARGETS="plain rl-local" bench/plugins.sh     # a subset (plain is the base)
 #
@@ -53,6 +54,7 @@ redis_line="redis: { url: \"redis://127.0.0.1:$REDIS_PORT/0\" }"
 never_trips="rate: 1000000/s, burst: 1000000, key: [ip]"
 { bench_config 19814 "" "{ rate_limit: { $never_trips } }"; echo "$redis_line"; } >"$WORK/rl-local.yaml"
 { bench_config 19815 "" "{ rate_limit: { $never_trips, store: redis, on_store_error: deny } }"; echo "$redis_line"; } >"$WORK/rl-redis.yaml"
+{ bench_config 19816 "" "{ rate_limit: { $never_trips, store: hybrid, sync_interval: 100ms } }"; echo "$redis_line"; } >"$WORK/rl-hybrid.yaml"
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
@@ -64,9 +66,9 @@ pids+=($!)
 sleep 0.5
 redis-cli -p $REDIS_PORT SET phantom:bench-opaque "$TOKEN" EX 86400 >/dev/null
 
-declare -A port=([plain]=19811 [jwt]=19812 [phantom]=19813 [rl-local]=19814 [rl-redis]=19815)
-declare -A bearer=([plain]="$TOKEN" [jwt]="$TOKEN" [phantom]="bench-opaque" [rl-local]="$TOKEN" [rl-redis]="$TOKEN")
-read -r -a names <<<"${TARGETS:-plain jwt phantom rl-local rl-redis}"
+declare -A port=([plain]=19811 [jwt]=19812 [phantom]=19813 [rl-local]=19814 [rl-redis]=19815 [rl-hybrid]=19816)
+declare -A bearer=([plain]="$TOKEN" [jwt]="$TOKEN" [phantom]="bench-opaque" [rl-local]="$TOKEN" [rl-redis]="$TOKEN" [rl-hybrid]="$TOKEN")
+read -r -a names <<<"${TARGETS:-plain jwt phantom rl-local rl-redis rl-hybrid}"
 [ "${names[0]}" = plain ] || names=(plain "${names[@]}")
 for n in "${names[@]}"; do
   taskset -c 1 "$ROOT/target/release/portcullis" run -c "$WORK/$n.yaml" --workers 1 --log-level warn --no-watch >"$WORK/$n.log" 2>&1 &
