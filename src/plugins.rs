@@ -49,14 +49,14 @@ pub enum Phase {
 }
 
 /// Per-request state shared by the phases.
-pub struct RequestCtx {
+pub struct RequestCtx<'r> {
     pub request_id: HeaderValue,
     /// The client's address, derived with `trusted_proxies`.
     pub client_ip: IpAddr,
     /// Set by an auth phase; later phases (rate limits, ACLs, logs) read it.
     pub consumer: Option<Arc<Consumer>>,
     /// The route's name (a rate-limit key part).
-    pub route: Arc<str>,
+    pub route: &'r str,
     /// Set by `rate_limit`: what the `RateLimit-*` response headers say.
     pub quota: Option<rate_limit::Quota>,
 }
@@ -148,7 +148,7 @@ impl Plugin {
 
     async fn on_request(
         &self,
-        ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx<'_>,
         req: &mut request::Parts,
         body: &mut RequestBody,
     ) -> Result<Flow, GatewayError> {
@@ -168,7 +168,7 @@ impl Plugin {
         }
     }
 
-    fn on_response(&self, _ctx: &RequestCtx, resp: &mut response::Parts) {
+    fn on_response(&self, _ctx: &RequestCtx<'_>, resp: &mut response::Parts) {
         match self {
             Plugin::ResponseTransform(p) => p.apply(resp),
             Plugin::IpRestriction(_)
@@ -543,7 +543,7 @@ impl Pipeline {
     /// the same name and add their own (SPEC: consumer > route > global).
     pub async fn on_request(
         &self,
-        ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx<'_>,
         req: &mut request::Parts,
         body: &mut RequestBody,
     ) -> Result<Flow, GatewayError> {
@@ -573,7 +573,7 @@ impl Pipeline {
         Ok(Flow::Continue)
     }
 
-    pub fn on_response(&self, ctx: &RequestCtx, resp: &mut response::Parts) {
+    pub fn on_response(&self, ctx: &RequestCtx<'_>, resp: &mut response::Parts) {
         match ctx.consumer.as_ref().filter(|c| !c.response.is_empty()) {
             None => {
                 for p in &self.response {

@@ -18,6 +18,26 @@ async fn hit(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
     send(&client_h1(), b.body(Full::<Bytes>::default()).unwrap()).await
 }
 
+/// GETs every URL at once; each answer's status and when it came.
+async fn at_once(urls: &[String]) -> Vec<(u16, Duration)> {
+    let started = Instant::now();
+    let calls: Vec<_> = urls
+        .iter()
+        .cloned()
+        .map(|url| {
+            tokio::spawn(async move {
+                let r = send(&client_h1(), req("GET", &url).body(Full::default()).unwrap()).await;
+                (r.status, started.elapsed())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for c in calls {
+        results.push(c.await.unwrap());
+    }
+    results
+}
+
 fn limits(r: &Resp) -> (String, String, String) {
     (
         r.header("ratelimit-limit").to_string(),
@@ -135,19 +155,7 @@ async fn leaky_bucket_delays_then_refuses() {
         "",
     );
     let gw = Gateway::start(&yaml);
-    let started = Instant::now();
-    let mut calls = Vec::new();
-    for _ in 0..4 {
-        let url = gw.url("/api");
-        calls.push(tokio::spawn(async move {
-            let r = send(&client_h1(), req("GET", &url).body(Full::default()).unwrap()).await;
-            (r.status, started.elapsed())
-        }));
-    }
-    let mut results = Vec::new();
-    for c in calls {
-        results.push(c.await.unwrap());
-    }
+    let results = at_once(&vec![gw.url("/api"); 4]).await;
     let ok: Vec<Duration> = results
         .iter()
         .filter(|(s, _)| *s == 200)
@@ -240,23 +248,7 @@ async fn redis_store_one_limit_across_two_gateways() {
     );
 
     // Leaky bucket: one goes, one waits in the queue, the rest are refused.
-    let started = Instant::now();
-    let mut calls = Vec::new();
-    for i in 0..4 {
-        let url = if i % 2 == 0 {
-            gw1.url("/lb")
-        } else {
-            gw2.url("/lb")
-        };
-        calls.push(tokio::spawn(async move {
-            let r = send(&client_h1(), req("GET", &url).body(Full::default()).unwrap()).await;
-            (r.status, started.elapsed())
-        }));
-    }
-    let mut results = Vec::new();
-    for c in calls {
-        results.push(c.await.unwrap());
-    }
+    let results = at_once(&[gw1.url("/lb"), gw2.url("/lb"), gw1.url("/lb"), gw2.url("/lb")]).await;
     assert_eq!(
         results.iter().filter(|(s, _)| *s == 200).count(),
         2,

@@ -19,7 +19,7 @@ impl Acl {
         }
     }
 
-    pub fn check(&self, ctx: &RequestCtx) -> Result<(), GatewayError> {
+    pub fn check(&self, ctx: &RequestCtx<'_>) -> Result<(), GatewayError> {
         let denied = GatewayError::Forbidden("access to this route is not allowed for this caller");
         let Some(consumer) = &ctx.consumer else {
             return Err(denied);

@@ -100,7 +100,11 @@ impl ApiKey {
     }
 
     /// Identifies the consumer, or refuses with 401.
-    pub fn authenticate(&self, ctx: &mut RequestCtx, req: &mut request::Parts) -> Result<(), GatewayError> {
+    pub fn authenticate(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        req: &mut request::Parts,
+    ) -> Result<(), GatewayError> {
         let refused = || GatewayError::Unauthorized {
             plugin: "api_key",
             challenge: "ApiKey realm=\"portcullis\"",

@@ -145,7 +145,7 @@ impl HmacAuth {
 
     pub async fn authenticate(
         &self,
-        ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx<'_>,
         req: &request::Parts,
         body: &mut RequestBody,
     ) -> Result<(), GatewayError> {

@@ -161,7 +161,7 @@ impl Jwt {
     /// subject maps to no consumer: an `acl` then refuses it).
     pub async fn authenticate(
         &self,
-        ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx<'_>,
         req: &mut request::Parts,
     ) -> Result<(), GatewayError> {
         // Headers this plugin sets are never taken from the client.

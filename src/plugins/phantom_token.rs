@@ -150,7 +150,7 @@ impl PhantomToken {
     /// Swaps the opaque token for its JWT, or refuses.
     pub async fn authenticate(
         &self,
-        ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx<'_>,
         req: &mut request::Parts,
     ) -> Result<(), GatewayError> {
         let token = req

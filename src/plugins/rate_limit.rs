@@ -181,31 +181,15 @@ impl Algorithm {
                     State::Window { start, count, .. } if *start == current => *count,
                     _ => 0,
                 };
-                let reset = secs_ceil(current + window - now);
-                if count >= limit {
-                    let quota = Quota {
-                        limit,
-                        remaining: 0,
-                        reset,
-                    };
-                    return Decision::Deny {
-                        quota,
-                        retry_after: reset.max(1),
+                let decision = windowed(limit, count, secs_ceil(current + window - now));
+                if matches!(decision, Decision::Allow { .. }) {
+                    *state = State::Window {
+                        start: current,
+                        count: count + 1,
+                        previous: 0,
                     };
                 }
-                *state = State::Window {
-                    start: current,
-                    count: count + 1,
-                    previous: 0,
-                };
-                Decision::Allow {
-                    quota: Quota {
-                        limit,
-                        remaining: limit - count - 1,
-                        reset,
-                    },
-                    wait: Duration::ZERO,
-                }
+                decision
             }
             Algorithm::SlidingLog { limit, window } => {
                 if !matches!(state, State::Log(_)) {
@@ -253,33 +237,40 @@ impl Algorithm {
                 // The share of the previous window the sliding span still covers.
                 let left = window - (now - current);
                 let weighted = (previous as u128 * left as u128 / window as u128) as u64 + count;
-                let reset = secs_ceil(left);
-                if weighted >= limit {
-                    let quota = Quota {
-                        limit,
-                        remaining: 0,
-                        reset,
-                    };
-                    return Decision::Deny {
-                        quota,
-                        retry_after: reset.max(1),
+                let decision = windowed(limit, weighted, secs_ceil(left));
+                if matches!(decision, Decision::Allow { .. }) {
+                    *state = State::Window {
+                        start: current,
+                        count: count + 1,
+                        previous,
                     };
                 }
-                *state = State::Window {
-                    start: current,
-                    count: count + 1,
-                    previous,
-                };
-                Decision::Allow {
-                    quota: Quota {
-                        limit,
-                        remaining: limit - weighted - 1,
-                        reset,
-                    },
-                    wait: Duration::ZERO,
-                }
+                decision
             }
         }
+    }
+}
+
+/// A window's answer when `counted` requests are already in it and it is
+/// whole again in `reset` seconds.
+fn windowed(limit: u64, counted: u64, reset: u64) -> Decision {
+    if counted >= limit {
+        return Decision::Deny {
+            quota: Quota {
+                limit,
+                remaining: 0,
+                reset,
+            },
+            retry_after: reset.max(1),
+        };
+    }
+    Decision::Allow {
+        quota: Quota {
+            limit,
+            remaining: limit - counted - 1,
+            reset,
+        },
+        wait: Duration::ZERO,
     }
 }
 
@@ -480,7 +471,7 @@ impl Policy {
     }
 
     /// Feeds the request's key parts to `h`.
-    fn hash_key<H: Hasher>(&self, h: &mut H, ctx: &RequestCtx, req: &request::Parts) {
+    fn hash_key<H: Hasher>(&self, h: &mut H, ctx: &RequestCtx<'_>, req: &request::Parts) {
         for part in &self.key {
             match part {
                 KeyPart::Consumer => ctx.consumer.as_ref().map(|c| c.name.as_str()).hash(h),
@@ -493,7 +484,12 @@ impl Policy {
     }
 
     /// Decides one request. `Err` only from Redis.
-    pub async fn decide(&self, ctx: &RequestCtx, req: &request::Parts, now: u64) -> Result<Decision, String> {
+    pub async fn decide(
+        &self,
+        ctx: &RequestCtx<'_>,
+        req: &request::Parts,
+        now: u64,
+    ) -> Result<Decision, String> {
         match &self.counts {
             Counts::Local(counts) => {
                 // Keyed per policy, so clients cannot aim collisions at each other.
@@ -741,7 +737,7 @@ impl RateLimit {
 
     /// Lets the request through (perhaps after a wait), or refuses it with
     /// 429. The quota for the response headers goes into `ctx`.
-    pub async fn check(&self, ctx: &mut RequestCtx, req: &request::Parts) -> Result<(), GatewayError> {
+    pub async fn check(&self, ctx: &mut RequestCtx<'_>, req: &request::Parts) -> Result<(), GatewayError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);

@@ -210,7 +210,7 @@ async fn process(
         request_id: request_id.clone(),
         client_ip,
         consumer: None,
-        route: route.name.clone(),
+        route: &route.name,
         quota: None,
     };
     let bytes_in = ex
@@ -329,7 +329,7 @@ fn upstream_path_and_query<'a>(
 async fn forward(
     route: &Route,
     upstream: &Upstream,
-    ctx: &RequestCtx,
+    ctx: &RequestCtx<'_>,
     mut parts: request::Parts,
     pq: PathAndQuery,
     body: RequestBody,
