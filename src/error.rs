@@ -46,6 +46,8 @@ pub enum GatewayError {
     UpstreamProtocol(String),
     /// 504: the upstream or the route deadline timed out.
     GatewayTimeout,
+    /// 503: the upstream's circuit is open; nothing was sent.
+    CircuitOpen,
     /// 429: over a `rate_limit` policy; `retry_after` in seconds.
     RateLimited { retry_after: u64 },
     /// 503: a service the gateway itself depends on (Redis, a token
@@ -68,6 +70,7 @@ impl GatewayError {
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -85,6 +88,7 @@ impl GatewayError {
             GatewayError::GatewayTimeout => "gateway-timeout",
             GatewayError::Unavailable { .. } => "service-unavailable",
             GatewayError::RateLimited { .. } => "rate-limited",
+            GatewayError::CircuitOpen => "circuit-open",
         }
     }
 
@@ -113,6 +117,9 @@ impl GatewayError {
             }
             GatewayError::RateLimited { retry_after } => {
                 format!("too many requests; retry after {retry_after} s")
+            }
+            GatewayError::CircuitOpen => {
+                "the upstream service is failing; the gateway is not sending it requests for now".into()
             }
         }
     }

@@ -2,6 +2,7 @@
 //! keep-alive connection pool that reaches them (HTTP/1.1 or HTTP/2).
 
 pub mod balance;
+pub mod breaker;
 pub mod fetch;
 pub mod pool;
 
@@ -112,6 +113,8 @@ pub struct Upstream {
     balancer: Balancer,
     pub protocol: Protocol,
     pub read_timeout: Duration,
+    /// `circuit_breaker`, when configured.
+    pub breaker: Option<Arc<breaker::Breaker>>,
 }
 
 impl Upstream {
@@ -165,7 +168,18 @@ impl Upstream {
             .transpose()
             .map_err(|e| ("hash_on".to_string(), e))?;
         let name: Arc<str> = cfg.name.as_str().into();
+        // The same settings keep the circuit's state across a reload.
+        let breaker = cfg.circuit_breaker.as_ref().map(|c| {
+            match previous
+                .and_then(|p| p.breaker.as_ref())
+                .filter(|b| b.settings == *c)
+            {
+                Some(old) => old.clone(),
+                None => Arc::new(breaker::Breaker::new(c, &name)),
+            }
+        });
         Ok(Upstream {
+            breaker,
             duration: crate::telemetry::metrics().upstream_duration(&name),
             name_json: crate::telemetry::access_log::json_literal(&name),
             name,

@@ -381,7 +381,7 @@ pub struct PassiveHealthCheckConfig {
     pub timeout_threshold: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     pub failure_rate: f64,

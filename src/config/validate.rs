@@ -237,8 +237,22 @@ impl Validator {
         if u.health_checks.is_some() {
             self.err(format!("{p}.health_checks"), not_yet("health checks are"));
         }
-        if u.circuit_breaker.is_some() {
-            self.err(format!("{p}.circuit_breaker"), not_yet("circuit breakers are"));
+        if let Some(cb) = &u.circuit_breaker {
+            if !(cb.failure_rate > 0.0 && cb.failure_rate <= 1.0) {
+                self.err(format!("{p}.circuit_breaker.failure_rate"), "must be in (0, 1]");
+            }
+            if cb.min_requests == 0 {
+                self.err(format!("{p}.circuit_breaker.min_requests"), "must be at least 1");
+            }
+            if cb.half_open_requests == 0 {
+                self.err(
+                    format!("{p}.circuit_breaker.half_open_requests"),
+                    "must be at least 1",
+                );
+            }
+            if cb.window.0.is_zero() {
+                self.err(format!("{p}.circuit_breaker.window"), "must be more than 0");
+            }
         }
         if u.retries.is_some() {
             self.err(format!("{p}.retries"), not_yet("retries are"));

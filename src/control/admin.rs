@@ -477,7 +477,8 @@ fn upstream_health(control: &Control, name: &str, id: &HeaderValue) -> Answer {
     let Some(up) = rt.upstreams.get(name) else {
         return not_found(Kind::Upstream, name, id);
     };
-    // No health checks or breaker yet: every target takes traffic.
+    // No health checks yet: every target takes traffic.
+    let circuit = up.breaker.as_ref().map(|b| b.mode().name());
     let targets: Vec<Value> = up
         .targets
         .iter()
@@ -485,7 +486,7 @@ fn upstream_health(control: &Control, name: &str, id: &HeaderValue) -> Answer {
         .collect();
     value_answer(
         StatusCode::OK,
-        json!({"upstream": name, "circuit_breaker": null, "targets": targets}),
+        json!({"upstream": name, "circuit_breaker": circuit, "targets": targets}),
     )
 }
 

@@ -337,6 +337,11 @@ async fn forward(
     deadline: Instant,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    // An open circuit: fail fast, the upstream receives nothing.
+    let permit = match &upstream.breaker {
+        Some(b) => Some(b.acquire().ok_or(GatewayError::CircuitOpen)?),
+        None => None,
+    };
     let (target, mut in_flight) = upstream.pick(&PickContext {
         client_ip: ctx.client_ip,
         headers: &parts.headers,
@@ -394,6 +399,10 @@ async fn forward(
         Err(CallError::ConnectTimeout | CallError::HeadTimeout) => 504,
         Err(_) => 502,
     };
+    if let (Some(permit), Some(breaker)) = (permit, &upstream.breaker) {
+        let answered = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
+        permit.record(breaker.is_failure(answered, upstream_time));
+    }
     target.requests.inc(u32::from(status), || {
         telemetry::metrics()
             .upstream_requests

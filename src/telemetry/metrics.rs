@@ -238,6 +238,15 @@ impl Metrics {
             .clone()
     }
 
+    /// `circuit_breaker_state{upstream}`: made only for upstreams with a breaker.
+    pub fn circuit_breaker_state(&self, upstream: &str) -> Gauge {
+        self.circuit_breaker_state
+            .get_or_create(&UpstreamLabel {
+                upstream: Name(upstream.into()),
+            })
+            .clone()
+    }
+
     pub fn listener_connections(&self, listener: &str) -> Gauge {
         self.connections_active
             .get_or_create(&ListenerLabel {
