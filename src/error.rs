@@ -48,6 +48,8 @@ pub enum GatewayError {
     GatewayTimeout,
     /// 503: the upstream's circuit is open; nothing was sent.
     CircuitOpen,
+    /// 503: every target of the upstream is ejected; nothing was sent.
+    NoHealthyTarget,
     /// 429: over a `rate_limit` policy; `retry_after` in seconds.
     RateLimited { retry_after: u64 },
     /// 503: a service the gateway itself depends on (Redis, a token
@@ -70,7 +72,7 @@ impl GatewayError {
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::CircuitOpen | GatewayError::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -89,6 +91,7 @@ impl GatewayError {
             GatewayError::Unavailable { .. } => "service-unavailable",
             GatewayError::RateLimited { .. } => "rate-limited",
             GatewayError::CircuitOpen => "circuit-open",
+            GatewayError::NoHealthyTarget => "no-healthy-target",
         }
     }
 
@@ -120,6 +123,9 @@ impl GatewayError {
             }
             GatewayError::CircuitOpen => {
                 "the upstream service is failing; the gateway is not sending it requests for now".into()
+            }
+            GatewayError::NoHealthyTarget => {
+                "no instance of the upstream service is healthy right now".into()
             }
         }
     }

@@ -174,13 +174,12 @@ pub fn on_runtime(rt: &Runtime) {
     healthy.clear();
     for up in rt.upstreams.values() {
         for t in &up.targets {
-            // No health checks yet: every target takes traffic.
             healthy
                 .get_or_create(&metrics::TargetLabels {
                     upstream: metrics::Name(up.name.clone()),
                     target: metrics::Name(t.label.clone()),
                 })
-                .set(1);
+                .set(i64::from(!t.health.is_ejected()));
         }
     }
 }

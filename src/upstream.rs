@@ -4,6 +4,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod fetch;
+pub mod health;
 pub mod pool;
 
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct Target {
     pub weight: u32,
     in_flight: AtomicUsize,
     pub pool: Pool,
+    /// Passive health: consecutive failures, ejection.
+    pub health: health::TargetHealth,
 }
 
 impl Target {
@@ -115,6 +118,8 @@ pub struct Upstream {
     pub read_timeout: Duration,
     /// `circuit_breaker`, when configured.
     pub breaker: Option<Arc<breaker::Breaker>>,
+    /// `health_checks.passive` (on by default).
+    pub passive: health::Passive,
 }
 
 impl Upstream {
@@ -157,6 +162,7 @@ impl Upstream {
                     authority,
                     weight,
                     in_flight: AtomicUsize::new(0),
+                    health: Default::default(),
                 }))
             })
             .collect::<Result<_, (String, String)>>()?;
@@ -178,8 +184,13 @@ impl Upstream {
                 None => Arc::new(breaker::Breaker::new(c, &name)),
             }
         });
+        let passive = cfg.health_checks.as_ref().and_then(|h| h.passive.as_ref());
         Ok(Upstream {
             breaker,
+            passive: health::Passive {
+                unhealthy_threshold: passive.map_or(5, |p| p.unhealthy_threshold),
+                timeout_threshold: passive.map_or(3, |p| p.timeout_threshold),
+            },
             duration: crate::telemetry::metrics().upstream_duration(&name),
             name_json: crate::telemetry::access_log::json_literal(&name),
             name,
@@ -190,14 +201,38 @@ impl Upstream {
         })
     }
 
-    /// Picks a target and takes an in-flight slot on it.
-    pub fn pick(&self, ctx: &PickContext<'_>) -> (Arc<Target>, InFlight) {
-        let i = self
-            .balancer
-            .pick(self.targets.len(), ctx, |i| self.targets[i].in_flight());
+    /// Picks a target that is not ejected and takes an in-flight slot on
+    /// it; `None` when every target is ejected.
+    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<(Arc<Target>, InFlight)> {
+        let n = self.targets.len();
+        let first = self.balancer.pick(n, ctx, |i| self.targets[i].in_flight());
+        // The balancer's choice, or the next target that takes traffic.
+        let i = (0..n)
+            .map(|k| (first + k) % n)
+            .find(|&i| !self.targets[i].health.is_ejected())?;
         let target = self.targets[i].clone();
         target.in_flight.fetch_add(1, Ordering::Relaxed);
-        (target.clone(), InFlight { target, lease: None })
+        Some((target.clone(), InFlight { target, lease: None }))
+    }
+
+    /// Counts a call's outcome for its target's health; logs and exports an
+    /// ejection.
+    pub fn record(&self, target: &Target, outcome: health::Outcome) {
+        let healthy = match target.health.record(outcome, self.passive) {
+            health::Change::None => return,
+            health::Change::Ejected => {
+                tracing::warn!(upstream = %self.name, target = %target.authority, ?outcome,
+                    "target ejected for {:?} after consecutive failures", health::EJECT_FOR);
+                0
+            }
+            health::Change::Readmitted => {
+                tracing::info!(upstream = %self.name, target = %target.authority, "target healthy again");
+                1
+            }
+        };
+        crate::telemetry::metrics()
+            .target_healthy(&self.name, &target.label)
+            .set(healthy);
     }
 
     pub fn scheme(&self) -> Scheme {

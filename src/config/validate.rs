@@ -234,8 +234,11 @@ impl Validator {
         if u.tls.is_some() {
             self.err(format!("{p}.tls"), not_yet("TLS to upstreams is"));
         }
-        if u.health_checks.is_some() {
-            self.err(format!("{p}.health_checks"), not_yet("health checks are"));
+        if u.health_checks.as_ref().is_some_and(|h| h.active.is_some()) {
+            self.err(
+                format!("{p}.health_checks.active"),
+                not_yet("active health checks are"),
+            );
         }
         if let Some(cb) = &u.circuit_breaker {
             if !(cb.failure_rate > 0.0 && cb.failure_rate <= 1.0) {

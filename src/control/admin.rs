@@ -477,12 +477,19 @@ fn upstream_health(control: &Control, name: &str, id: &HeaderValue) -> Answer {
     let Some(up) = rt.upstreams.get(name) else {
         return not_found(Kind::Upstream, name, id);
     };
-    // No health checks yet: every target takes traffic.
     let circuit = up.breaker.as_ref().map(|b| b.mode().name());
     let targets: Vec<Value> = up
         .targets
         .iter()
-        .map(|t| json!({"url": format!("http://{}", t.authority), "healthy": true, "ejected_until": null}))
+        .map(|t| {
+            // When the ejection ends, in Unix seconds.
+            let until = t.health.ejected_for().map(|left| {
+                (std::time::SystemTime::now() + left)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            });
+            json!({"url": format!("http://{}", t.authority), "healthy": until.is_none(), "ejected_until": until})
+        })
         .collect();
     value_answer(
         StatusCode::OK,

@@ -31,6 +31,7 @@ use crate::telemetry::metrics::{Name, PluginLabels, RouteLabel, UpstreamRequestL
 use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::{self, Exchange};
 use crate::upstream::CallError;
+use crate::upstream::health::Outcome;
 use crate::upstream::{PickContext, Upstream};
 
 /// What the handler knows of the connection a request came on.
@@ -342,11 +343,13 @@ async fn forward(
         Some(b) => Some(b.acquire().ok_or(GatewayError::CircuitOpen)?),
         None => None,
     };
-    let (target, mut in_flight) = upstream.pick(&PickContext {
-        client_ip: ctx.client_ip,
-        headers: &parts.headers,
-        consumer: ctx.consumer.as_ref().map(|c| c.name.as_str()),
-    });
+    let (target, mut in_flight) = upstream
+        .pick(&PickContext {
+            client_ip: ctx.client_ip,
+            headers: &parts.headers,
+            consumer: ctx.consumer.as_ref().map(|c| c.name.as_str()),
+        })
+        .ok_or(GatewayError::NoHealthyTarget)?;
     ex.target = Some(target.clone());
     match upstream.protocol {
         Protocol::Http1 => {
@@ -399,6 +402,20 @@ async fn forward(
         Err(CallError::ConnectTimeout | CallError::HeadTimeout) => 504,
         Err(_) => 502,
     };
+    let outcome = match &result {
+        Ok(_) if matches!(status, 502..=504) => Some(Outcome::Failure),
+        Ok(_) => Some(Outcome::Success),
+        Err(CallError::ConnectTimeout | CallError::HeadTimeout) => Some(Outcome::Timeout),
+        // The client's body broke: not the upstream's fault.
+        Err(CallError::Exchange(e)) if caused_by::<BodyTooLarge>(e) || caused_by::<ClientBodyError>(e) => {
+            None
+        }
+        Err(CallError::Exchange(e)) if is_timeout(e) => Some(Outcome::Timeout),
+        Err(_) => Some(Outcome::Failure),
+    };
+    if let Some(outcome) = outcome {
+        upstream.record(&target, outcome);
+    }
     if let (Some(permit), Some(breaker)) = (permit, &upstream.breaker) {
         let answered = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
         permit.record(breaker.is_failure(answered, upstream_time));
@@ -431,9 +448,7 @@ async fn forward(
                     detail: "the request body is malformed or was cut off",
                     close: true,
                 }
-            } else if find_cause::<std::io::Error>(&e)
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            {
+            } else if is_timeout(&e) {
                 // The upstream write timeout.
                 GatewayError::GatewayTimeout
             } else {
@@ -544,6 +559,11 @@ fn route_host(h: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(bare)
     }
+}
+
+/// Whether an exchange failed on a timeout (the upstream's head or write).
+fn is_timeout(e: &hyper::Error) -> bool {
+    find_cause::<std::io::Error>(e).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 #[cfg(test)]

@@ -247,6 +247,16 @@ impl Metrics {
             .clone()
     }
 
+    /// `upstream_target_healthy{upstream,target}`.
+    pub fn target_healthy(&self, upstream: &Arc<str>, target: &Arc<str>) -> Gauge {
+        self.upstream_target_healthy
+            .get_or_create(&TargetLabels {
+                upstream: Name(upstream.clone()),
+                target: Name(target.clone()),
+            })
+            .clone()
+    }
+
     pub fn listener_connections(&self, listener: &str) -> Gauge {
         self.connections_active
             .get_or_create(&ListenerLabel {
