@@ -9,18 +9,6 @@ use std::time::Duration;
 
 use support::*;
 
-async fn admin_json(gw: &Gateway, path: &str) -> serde_json::Value {
-    let r = send(
-        &client_h1(),
-        req("GET", &gw.admin_url(path))
-            .header("authorization", "Bearer t")
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await;
-    r.json()
-}
-
 #[tokio::test]
 async fn opens_fails_fast_and_recovers_through_probes() {
     let up = Upstream::start("u").await;
@@ -33,7 +21,7 @@ async fn opens_fails_fast_and_recovers_through_probes() {
         "admin: {address: \"127.0.0.1:0\", token: t}\n",
     );
     let gw = Gateway::start(&yaml);
-    let health = admin_json(&gw, "/upstreams/u/health").await;
+    let health = gw.admin_get("/upstreams/u/health", "t").await.json();
     assert_eq!(health["circuit_breaker"], "closed");
 
     // 2 of 4 calls fail (503): 50%, the circuit opens.
@@ -45,7 +33,7 @@ async fn opens_fails_fast_and_recovers_through_probes() {
     r.problem(503, "circuit-open");
     assert_eq!(up.count(), 4, "an open circuit sends nothing upstream");
     assert_eq!(
-        admin_json(&gw, "/upstreams/u/health").await["circuit_breaker"],
+        gw.admin_get("/upstreams/u/health", "t").await.json()["circuit_breaker"],
         "open"
     );
     let m = gw.admin_metrics("t").await;
@@ -65,7 +53,7 @@ async fn opens_fails_fast_and_recovers_through_probes() {
     assert_eq!(get(&gw.url("/ok")).await.status, 200);
     assert_eq!(get(&gw.url("/ok")).await.status, 200);
     assert_eq!(
-        admin_json(&gw, "/upstreams/u/health").await["circuit_breaker"],
+        gw.admin_get("/upstreams/u/health", "t").await.json()["circuit_breaker"],
         "closed"
     );
     for _ in 0..5 {

@@ -49,15 +49,7 @@ async fn failing_and_hanging_targets_are_ejected() {
         }
     }
     assert_eq!(failed, 5, "the 5th consecutive failure ejects");
-    let health = send(
-        &client_h1(),
-        req("GET", &gw.admin_url("/upstreams/refused/health"))
-            .header("authorization", "Bearer t")
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await
-    .json();
+    let health = gw.admin_get("/upstreams/refused/health", "t").await.json();
     let targets = health["targets"].as_array().unwrap();
     assert_eq!(targets[0]["healthy"], true);
     assert_eq!(targets[1]["healthy"], false);

@@ -189,17 +189,21 @@ impl Gateway {
         format!("http://{}{}", self.addr(), path)
     }
 
-    /// The admin API's `/metrics` text, with the admin token `token`.
-    pub async fn admin_metrics(&self, token: &str) -> String {
-        let r = send(
+    /// `GET` an admin endpoint with the admin token `token`.
+    pub async fn admin_get(&self, path: &str, token: &str) -> Resp {
+        send(
             &client_h1(),
-            req("GET", &self.admin_url("/metrics"))
+            req("GET", &self.admin_url(path))
                 .header("authorization", format!("Bearer {token}"))
                 .body(Full::default())
                 .unwrap(),
         )
-        .await;
-        String::from_utf8_lossy(&r.body).into_owned()
+        .await
+    }
+
+    /// The admin API's `/metrics` text, with the admin token `token`.
+    pub async fn admin_metrics(&self, token: &str) -> String {
+        String::from_utf8_lossy(&self.admin_get("/metrics", token).await.body).into_owned()
     }
 
     pub fn admin_url(&self, path: &str) -> String {
