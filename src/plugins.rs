@@ -59,6 +59,8 @@ pub struct RequestCtx<'r> {
     pub route: &'r str,
     /// Set by `rate_limit`: what the `RateLimit-*` response headers say.
     pub quota: Option<rate_limit::Quota>,
+    /// When the route's `timeout` runs out.
+    pub deadline: tokio::time::Instant,
 }
 
 /// A known caller (`consumers[]`), with its own plugins.

@@ -332,3 +332,22 @@ async fn hybrid_store_overshoots_by_at_most_one_sync_of_the_other_node() {
     };
     assert_eq!(String::from_utf8_lossy(&count), passed.to_string());
 }
+
+#[tokio::test]
+async fn leaky_bucket_waits_no_longer_than_the_route_timeout() {
+    let up = Upstream::start("u").await;
+    let yaml = config(
+        &upstream("u", &up),
+        "  - name: api\n    match: {paths: [/api]}\n    upstream: u\n    timeout: 150ms\n    plugins:\n      rate_limit: {algorithm: leaky_bucket, rate: 10/s, burst: 5, key: [global]}\n",
+        "",
+    );
+    let gw = Gateway::start(&yaml);
+    let results = at_once(&vec![gw.url("/api"); 4]).await;
+    // Now, and 100 ms later, fit in 150 ms; 200 and 300 ms do not: 429 at once.
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 2, "{results:?}");
+    for (status, took) in &results {
+        assert!(*status == 200 || *status == 429, "{results:?}");
+        assert!(*took < Duration::from_millis(140), "{results:?}");
+    }
+}

@@ -785,6 +785,12 @@ impl RateLimit {
         }
         ctx.quota = closest;
         if !wait.is_zero() {
+            // A wait the route's timeout would cut short is a refusal now.
+            if tokio::time::Instant::now() + wait >= ctx.deadline {
+                return Err(GatewayError::RateLimited {
+                    retry_after: secs_ceil(wait.as_micros() as u64).max(1),
+                });
+            }
             tokio::time::sleep(wait).await;
         }
         Ok(())

@@ -213,6 +213,8 @@ async fn process(
         consumer: None,
         route: &route.name,
         quota: None,
+        // The route's deadline counts from the request's arrival.
+        deadline: Instant::from_std(ex.started()) + route.timeout,
     };
     let bytes_in = ex
         .log
@@ -261,8 +263,7 @@ async fn process(
             strip_prefix,
             rewrite,
         } => {
-            // The route's deadline counts from the request's arrival.
-            let deadline = Instant::from_std(ex.started()) + route.timeout;
+            let deadline = ctx.deadline;
             // The upstream path: normalized, then strip_prefix, then rewrite.
             let path = normalized.as_deref().unwrap_or(parts.uri.path());
             let pq = upstream_path_and_query(
