@@ -284,10 +284,6 @@ impl Jwks {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.endpoint.url
-    }
-
     /// The keys held now, and their generation.
     pub fn keys(&self) -> (Arc<Vec<Key>>, u64) {
         let generation = self.generation.load(Ordering::Acquire);

@@ -32,7 +32,7 @@ use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::{self, Exchange};
 use crate::upstream::CallError;
 use crate::upstream::health::Outcome;
-use crate::upstream::{PickContext, Upstream};
+use crate::upstream::{PickContext, Target, Upstream};
 
 /// What the handler knows of the connection a request came on.
 pub struct ConnInfo {
@@ -395,24 +395,24 @@ async fn forward(
     let upstream_time = sent.elapsed();
     ex.upstream_time = Some(upstream_time);
     upstream.duration.observe(upstream_time.as_secs_f64());
-    let status = match &result {
+    // Each failure is classified once; its metric status, the target's
+    // health and the breaker all read that.
+    let result = result.map_err(|e| call_error(e, route, &target));
+    let (status, outcome) = match &result {
         Ok((resp, _)) => {
-            ex.upstream_status = Some(resp.status().as_u16());
-            resp.status().as_u16()
+            let status = resp.status().as_u16();
+            ex.upstream_status = Some(status);
+            let outcome = if matches!(status, 502..=504) {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            (status, Some(outcome))
         }
-        Err(CallError::ConnectTimeout | CallError::HeadTimeout) => 504,
-        Err(_) => 502,
-    };
-    let outcome = match &result {
-        Ok(_) if matches!(status, 502..=504) => Some(Outcome::Failure),
-        Ok(_) => Some(Outcome::Success),
-        Err(CallError::ConnectTimeout | CallError::HeadTimeout) => Some(Outcome::Timeout),
+        Err(GatewayError::GatewayTimeout) => (504, Some(Outcome::Timeout)),
         // The client's body broke: not the upstream's fault.
-        Err(CallError::Exchange(e)) if caused_by::<BodyTooLarge>(e) || caused_by::<ClientBodyError>(e) => {
-            None
-        }
-        Err(CallError::Exchange(e)) if is_timeout(e) => Some(Outcome::Timeout),
-        Err(_) => Some(Outcome::Failure),
+        Err(GatewayError::PayloadTooLarge { .. } | GatewayError::BadRequest { .. }) => (502, None),
+        Err(_) => (502, Some(Outcome::Failure)),
     };
     if let Some(outcome) = outcome {
         upstream.record(&target, outcome);
@@ -431,33 +431,7 @@ async fn forward(
             })
             .clone()
     });
-    let (resp, lease) = match result {
-        Err(CallError::ConnectTimeout | CallError::HeadTimeout) => return Err(GatewayError::GatewayTimeout),
-        Err(CallError::Connect(e)) => {
-            return Err(GatewayError::UpstreamConnect(format!(
-                "{}: {e}",
-                target.authority
-            )));
-        }
-        Err(CallError::Exchange(e)) => {
-            return Err(if caused_by::<BodyTooLarge>(&e) {
-                GatewayError::PayloadTooLarge {
-                    limit: route.max_body,
-                }
-            } else if caused_by::<ClientBodyError>(&e) {
-                GatewayError::BadRequest {
-                    detail: "the request body is malformed or was cut off",
-                    close: true,
-                }
-            } else if is_timeout(&e) {
-                // The upstream write timeout.
-                GatewayError::GatewayTimeout
-            } else {
-                GatewayError::UpstreamProtocol(format!("{}: {e:?}", target.authority))
-            });
-        }
-        Ok(ok) => ok,
-    };
+    let (resp, lease) = result?;
     in_flight.hold(lease);
     let (mut resp_parts, resp_body) = resp.into_parts();
     let _ = forwarded::strip_hop_by_hop(&mut resp_parts.headers);
@@ -562,9 +536,27 @@ fn route_host(h: &str) -> Cow<'_, str> {
     }
 }
 
-/// Whether an exchange failed on a timeout (the upstream's head or write).
-fn is_timeout(e: &hyper::Error) -> bool {
-    find_cause::<std::io::Error>(e).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+/// What a failed upstream call means for the client.
+fn call_error(e: CallError, route: &Route, target: &Target) -> GatewayError {
+    match e {
+        CallError::ConnectTimeout | CallError::HeadTimeout => GatewayError::GatewayTimeout,
+        CallError::Connect(e) => GatewayError::UpstreamConnect(format!("{}: {e}", target.authority)),
+        CallError::Exchange(e) if caused_by::<BodyTooLarge>(&e) => GatewayError::PayloadTooLarge {
+            limit: route.max_body,
+        },
+        CallError::Exchange(e) if caused_by::<ClientBodyError>(&e) => GatewayError::BadRequest {
+            detail: "the request body is malformed or was cut off",
+            close: true,
+        },
+        // The upstream's head or write timer.
+        CallError::Exchange(e)
+            if find_cause::<std::io::Error>(&e)
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) =>
+        {
+            GatewayError::GatewayTimeout
+        }
+        CallError::Exchange(e) => GatewayError::UpstreamProtocol(format!("{}: {e:?}", target.authority)),
+    }
 }
 
 #[cfg(test)]
