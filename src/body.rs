@@ -89,10 +89,11 @@ impl RequestBody {
         }
     }
 
-    /// A body the gateway sends itself (JWKS and introspection calls).
+    /// A body the gateway sends itself (JWKS and introspection calls), or
+    /// a copy sent again by a retry. Empty means no body at all.
     pub fn full(data: Bytes) -> Self {
         RequestBody {
-            source: Source::Full(Some(data)),
+            source: Source::Full(Some(data).filter(|d| !d.is_empty())),
             limit: u64::MAX,
             remaining: u64::MAX,
             counter: None,
@@ -126,8 +127,22 @@ impl RequestBody {
             }
         }
         let data = buf.freeze();
-        self.source = Source::Full(Some(data.clone()));
+        self.source = Source::Full(Some(data.clone()).filter(|d| !d.is_empty()));
         Ok(data)
+    }
+
+    /// The whole body, to send again should the upstream call fail after
+    /// it may have been sent: read now (within the route's limit) when its
+    /// length is known and at most `bound`. `None` for a larger or unsized
+    /// (chunked) body, which streams once and is never sent twice.
+    pub async fn replayable(&mut self, bound: u64) -> Result<Option<Bytes>, GatewayError> {
+        if let Source::Stream(inner) = &self.source
+            && !inner.is_end_stream()
+            && inner.size_hint().exact().is_none_or(|n| n > bound)
+        {
+            return Ok(None);
+        }
+        self.read_whole().await.map(Some)
     }
 }
 

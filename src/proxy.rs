@@ -1,7 +1,8 @@
 //! The data plane: listeners accept connections (`server`), each request
-//! runs through `handler` (checks → router → plugin phases → upstream →
-//! response phases), with the forwarding headers of `forwarded`.
+//! runs through `handler` (checks → router → plugin phases → upstream
+//! (`forward`, with retries) → response phases), with the forwarding headers of `forwarded`.
 
+pub mod forward;
 pub mod forwarded;
 pub mod framing;
 pub mod handler;

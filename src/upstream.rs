@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod fetch;
 pub mod health;
 pub mod pool;
+pub mod retry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +15,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 
 pub use balance::{Balancer, HashOn, PickContext};
-pub use pool::{CallError, Lease, Pool, PoolConfig};
+pub use pool::{CallError, Lease, Pool, PoolConfig, SendError};
 
 use crate::config::{Protocol, UpstreamConfig};
 
@@ -120,6 +121,8 @@ pub struct Upstream {
     pub breaker: Option<Arc<breaker::Breaker>>,
     /// `health_checks.passive` (on by default).
     pub passive: health::Passive,
+    /// `retries` (on by default: once, on connect failures).
+    pub retry: retry::Policy,
 }
 
 impl Upstream {
@@ -198,18 +201,27 @@ impl Upstream {
             targets,
             protocol: cfg.protocol,
             read_timeout: cfg.timeouts.read.0,
+            retry: retry::Policy::new(cfg.retries.as_ref()),
         })
     }
 
     /// Picks a target that is not ejected and takes an in-flight slot on
-    /// it; `None` when every target is ejected.
-    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<(Arc<Target>, InFlight)> {
+    /// it; `None` when every target is ejected. A retry passes the targets
+    /// already tried in `avoid`: another one is taken when there is one.
+    pub fn pick(&self, ctx: &PickContext<'_>, avoid: &[Arc<Target>]) -> Option<(Arc<Target>, InFlight)> {
         let n = self.targets.len();
         let first = self.balancer.pick(n, ctx, |i| self.targets[i].in_flight());
         // The balancer's choice, or the next target that takes traffic.
-        let i = (0..n)
-            .map(|k| (first + k) % n)
-            .find(|&i| !self.targets[i].health.is_ejected())?;
+        let usable = |i: &usize| !self.targets[*i].health.is_ejected();
+        let fresh = |i: &usize| !avoid.iter().any(|t| Arc::ptr_eq(t, &self.targets[*i]));
+        let mut order = (0..n).map(|k| (first + k) % n);
+        let i = match avoid {
+            [] => order.find(usable)?,
+            _ => order
+                .clone()
+                .find(|i| usable(i) && fresh(i))
+                .or_else(|| order.find(usable))?,
+        };
         let target = self.targets[i].clone();
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         Some((target.clone(), InFlight { target, lease: None }))

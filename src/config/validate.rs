@@ -257,8 +257,19 @@ impl Validator {
                 self.err(format!("{p}.circuit_breaker.window"), "must be more than 0");
             }
         }
-        if u.retries.is_some() {
-            self.err(format!("{p}.retries"), not_yet("retries are"));
+        if let Some(r) = &u.retries {
+            if r.attempts > crate::upstream::retry::MAX_ATTEMPTS {
+                self.err(
+                    format!("{p}.retries.attempts"),
+                    format!("must be at most {}", crate::upstream::retry::MAX_ATTEMPTS),
+                );
+            }
+            if let Err(msg) = crate::upstream::retry::RetryOn::parse(&r.on) {
+                self.err(format!("{p}.retries.on"), msg);
+            }
+            if r.budget.is_some_and(|b| !(0.0..=1.0).contains(&b)) {
+                self.err(format!("{p}.retries.budget"), "must be between 0 and 1");
+            }
         }
         for (name, d) in [
             ("connect", u.timeouts.connect),

@@ -19,20 +19,17 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::forwarded;
-use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, ResponseBody, caused_by, find_cause};
+use crate::body::{RequestBody, ResponseBody};
 use crate::config::Protocol;
 use crate::error::GatewayError;
 use crate::plugins::{Flow, RequestCtx};
 use crate::router::path;
 use crate::router::{Lookup, RouteRequest};
-use crate::snapshot::{Action, Route, Runtime};
+use crate::snapshot::{Action, Runtime};
 use crate::telemetry::access_log::Line;
-use crate::telemetry::metrics::{Name, PluginLabels, RouteLabel, UpstreamRequestLabels};
+use crate::telemetry::metrics::{Name, PluginLabels, RouteLabel};
 use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::{self, Exchange};
-use crate::upstream::CallError;
-use crate::upstream::health::Outcome;
-use crate::upstream::{PickContext, Target, Upstream};
 
 /// What the handler knows of the connection a request came on.
 pub struct ConnInfo {
@@ -279,7 +276,14 @@ async fn process(
                     .headers
                     .insert(http::header::TE, HeaderValue::from_static("trailers"));
             }
-            forward(route, upstream, &ctx, parts, pq, body, host, deadline, ex).await?
+            let call = super::forward::Call {
+                route,
+                upstream,
+                ctx: &ctx,
+                host,
+                deadline,
+            };
+            super::forward::forward(call, parts, pq, body, ex).await?
         }
     };
     let (mut resp_parts, resp_body) = resp.into_parts();
@@ -325,118 +329,6 @@ fn upstream_path_and_query<'a>(
         detail: "the rewritten path is invalid",
         close: false,
     })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    route: &Route,
-    upstream: &Upstream,
-    ctx: &RequestCtx<'_>,
-    mut parts: request::Parts,
-    pq: PathAndQuery,
-    body: RequestBody,
-    host: Option<HeaderValue>,
-    deadline: Instant,
-    ex: &mut Exchange,
-) -> Result<Response<ResponseBody>, GatewayError> {
-    // An open circuit: fail fast, the upstream receives nothing.
-    let permit = match &upstream.breaker {
-        Some(b) => Some(b.acquire().ok_or(GatewayError::CircuitOpen)?),
-        None => None,
-    };
-    let (target, mut in_flight) = upstream
-        .pick(&PickContext {
-            client_ip: ctx.client_ip,
-            headers: &parts.headers,
-            consumer: ctx.consumer.as_ref().map(|c| c.name.as_str()),
-        })
-        .ok_or(GatewayError::NoHealthyTarget)?;
-    ex.target = Some(target.clone());
-    match upstream.protocol {
-        Protocol::Http1 => {
-            // Origin form (`/path?query`): the upstream never sees the client's absolute form.
-            parts.uri = Uri::from(pq);
-            // An HTTP/1.1 client always sent Host (request_host checked);
-            // an HTTP/2 or HTTP/1.0 one may not have, and HTTP/1.1 upstreams need it.
-            let client_sent_host = parts.version == Version::HTTP_11 || parts.headers.contains_key(HOST);
-            parts.version = Version::HTTP_11;
-            if !client_sent_host {
-                let value = host.unwrap_or_else(|| {
-                    HeaderValue::from_str(target.authority.as_str())
-                        .expect("an authority is a valid header value")
-                });
-                parts.headers.insert(HOST, value);
-            }
-        }
-        Protocol::Http2 | Protocol::Grpc => {
-            // :scheme and :authority name the target; the client's host travels as Host.
-            parts.uri = Uri::builder()
-                .scheme(upstream.scheme())
-                .authority(target.authority.clone())
-                .path_and_query(pq)
-                .build()
-                .map_err(|_| GatewayError::BadRequest {
-                    detail: "the request target is invalid",
-                    close: false,
-                })?;
-            parts.version = Version::HTTP_2;
-        }
-    }
-
-    let req = Request::from_parts(parts, body);
-    // The response head must come within the read timeout, and within what
-    // is left of the route's deadline.
-    let sent = Instant::now();
-    if let Some(t) = &mut ex.trace {
-        t.upstream_start = Some(std::time::SystemTime::now());
-    }
-    let head_deadline = deadline.min(sent + upstream.read_timeout);
-    let result = target.pool.send(req, head_deadline).await;
-    let upstream_time = sent.elapsed();
-    ex.upstream_time = Some(upstream_time);
-    upstream.duration.observe(upstream_time.as_secs_f64());
-    // Each failure is classified once; its metric status, the target's
-    // health and the breaker all read that.
-    let result = result.map_err(|e| call_error(e, route, &target));
-    let (status, outcome) = match &result {
-        Ok((resp, _)) => {
-            let status = resp.status().as_u16();
-            ex.upstream_status = Some(status);
-            let outcome = if matches!(status, 502..=504) {
-                Outcome::Failure
-            } else {
-                Outcome::Success
-            };
-            (status, Some(outcome))
-        }
-        Err(GatewayError::GatewayTimeout) => (504, Some(Outcome::Timeout)),
-        // The client's body broke: not the upstream's fault.
-        Err(GatewayError::PayloadTooLarge { .. } | GatewayError::BadRequest { .. }) => (502, None),
-        Err(_) => (502, Some(Outcome::Failure)),
-    };
-    if let Some(outcome) = outcome {
-        upstream.record(&target, outcome);
-    }
-    if let (Some(permit), Some(breaker)) = (permit, &upstream.breaker) {
-        let answered = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
-        permit.record(breaker.is_failure(answered, upstream_time));
-    }
-    target.requests.inc(u32::from(status), || {
-        telemetry::metrics()
-            .upstream_requests
-            .get_or_create(&UpstreamRequestLabels {
-                upstream: Name(upstream.name.clone()),
-                target: Name(target.label.clone()),
-                status,
-            })
-            .clone()
-    });
-    let (resp, lease) = result?;
-    in_flight.hold(lease);
-    let (mut resp_parts, resp_body) = resp.into_parts();
-    let _ = forwarded::strip_hop_by_hop(&mut resp_parts.headers);
-    let body = ResponseBody::upstream(resp_body, deadline, upstream.read_timeout, in_flight);
-    Ok(Response::from_parts(resp_parts, body))
 }
 
 /// `server.metrics_path` on a data listener.
@@ -533,29 +425,6 @@ fn route_host(h: &str) -> Cow<'_, str> {
         Cow::Owned(bare.to_ascii_lowercase())
     } else {
         Cow::Borrowed(bare)
-    }
-}
-
-/// What a failed upstream call means for the client.
-fn call_error(e: CallError, route: &Route, target: &Target) -> GatewayError {
-    match e {
-        CallError::ConnectTimeout | CallError::HeadTimeout => GatewayError::GatewayTimeout,
-        CallError::Connect(e) => GatewayError::UpstreamConnect(format!("{}: {e}", target.authority)),
-        CallError::Exchange(e) if caused_by::<BodyTooLarge>(&e) => GatewayError::PayloadTooLarge {
-            limit: route.max_body,
-        },
-        CallError::Exchange(e) if caused_by::<ClientBodyError>(&e) => GatewayError::BadRequest {
-            detail: "the request body is malformed or was cut off",
-            close: true,
-        },
-        // The upstream's head or write timer.
-        CallError::Exchange(e)
-            if find_cause::<std::io::Error>(&e)
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) =>
-        {
-            GatewayError::GatewayTimeout
-        }
-        CallError::Exchange(e) => GatewayError::UpstreamProtocol(format!("{}: {e:?}", target.authority)),
     }
 }
 

@@ -108,6 +108,7 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     pub access_log_dropped: Counter,
     pub rate_limit_store_errors: Counter,
+    pub upstream_retries: Family<UpstreamLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,6 +142,7 @@ impl Metrics {
             config_reloads: Family::default(),
             access_log_dropped: Counter::default(),
             rate_limit_store_errors: Counter::default(),
+            upstream_retries: Family::default(),
             registry: Registry::default(),
         };
         // Counters are registered without `_total`: the encoder adds it.
@@ -213,6 +215,11 @@ impl Metrics {
             "rate_limit_store_errors",
             "Rate-limit decisions the store (Redis) failed to make; on_store_error decided",
             m.rate_limit_store_errors.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Upstream calls sent again after a failure (retries)",
+            m.upstream_retries.clone(),
         );
         // Both outcomes exist from the start, so a rate() over them works at once.
         for result in ["success", "failure"] {

@@ -101,7 +101,10 @@ impl Endpoint {
         let exchange = async {
             match &self.transport {
                 Transport::Plain(pool) => {
-                    let (resp, lease) = pool.send(req, deadline).await.map_err(|e| format!("{e:?}"))?;
+                    let (resp, lease) = pool
+                        .send(req, deadline)
+                        .await
+                        .map_err(|e| format!("{:?}", e.error))?;
                     let answer = read(resp).await?;
                     pool.release(lease);
                     Ok::<_, String>(answer)

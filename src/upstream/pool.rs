@@ -9,7 +9,9 @@
 //!
 //! A request is sent again on a fresh connection only when hyper hands it
 //! back unsent (a pooled connection the upstream had just closed); once any
-//! of it may have reached the upstream it is never retried here.
+//! of it may have reached the upstream it is never retried here. A request
+//! that never left is handed back to the caller with the error
+//! ([`SendError::unsent`]), for a retry on another target.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +44,26 @@ pub enum CallError {
     HeadTimeout,
     /// The exchange failed after the request may have been (partly) sent.
     Exchange(hyper::Error),
+}
+
+/// A failed send: why, and the request when it never left the gateway.
+pub struct SendError {
+    pub error: CallError,
+    /// Boxed: the error path is rare, the success path should stay small.
+    pub unsent: Option<Box<Request<RequestBody>>>,
+}
+
+impl SendError {
+    fn unsent(error: CallError, req: Request<RequestBody>) -> SendError {
+        SendError {
+            error,
+            unsent: Some(Box::new(req)),
+        }
+    }
+
+    fn sent(error: CallError) -> SendError {
+        SendError { error, unsent: None }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,30 +138,40 @@ impl Pool {
         }
     }
 
-    /// Sends `req`; on success also returns the connection's lease.
     /// Sends `req`; its response head must arrive before `head_deadline`.
+    /// On success also returns the connection's lease. A failure hands the
+    /// request back when none of it can have reached the upstream, so the
+    /// caller may send it elsewhere whatever its method.
     pub async fn send(
         &self,
         req: Request<RequestBody>,
         head_deadline: Instant,
-    ) -> Result<(Response<Incoming>, Lease), CallError> {
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
         if self.cfg.http2 {
             // Streams share the connection: each keeps its own timer.
-            let exchange = async {
-                let mut sender = self.h2_sender().await?;
-                sender.send_request(req).await.map_err(CallError::Exchange)
+            let sender = match tokio::time::timeout_at(head_deadline, self.h2_sender()).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(SendError::unsent(e, req)),
+                Err(_) => return Err(SendError::unsent(CallError::ConnectTimeout, req)),
             };
-            return match tokio::time::timeout_at(head_deadline, exchange).await {
+            let mut sender = sender;
+            return match tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await {
                 Ok(Ok(resp)) => Ok((resp, Lease::Http2)),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(CallError::HeadTimeout),
+                Ok(Err(mut e)) => Err(match e.take_message() {
+                    Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error()), unsent),
+                    None => SendError::sent(CallError::Exchange(e.into_error())),
+                }),
+                Err(_) => Err(SendError::sent(CallError::HeadTimeout)),
             };
         }
         let mut req = req;
         loop {
             let (conn, fresh) = match self.checkout() {
                 Some(c) => (c, false),
-                None => (self.dial_h1().await?, true),
+                None => match self.dial_h1().await {
+                    Ok(c) => (c, true),
+                    Err(e) => return Err(SendError::unsent(e, req)),
+                },
             };
             let H1Conn {
                 mut sender,
@@ -147,9 +179,8 @@ impl Pool {
             } = conn;
             if sender.ready().await.is_err() {
                 if fresh {
-                    return Err(CallError::Connect(std::io::Error::other(
-                        "connection closed during handshake",
-                    )));
+                    let e = std::io::Error::other("connection closed during handshake");
+                    return Err(SendError::unsent(CallError::Connect(e), req));
                 }
                 continue;
             }
@@ -169,7 +200,10 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // Never written to the wire: safe to send on another connection.
                     Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(CallError::Exchange(e.into_error())),
+                    Some(unsent) => {
+                        return Err(SendError::unsent(CallError::Exchange(e.into_error()), unsent));
+                    }
+                    None => return Err(SendError::sent(CallError::Exchange(e.into_error()))),
                 },
             }
         }
