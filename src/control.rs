@@ -284,7 +284,7 @@ impl Control {
         crate::telemetry::on_runtime(&runtime);
         if let Some(tokio) = &self.tokio {
             let _in_runtime = tokio.enter();
-            runtime.shared.start();
+            runtime.start();
         }
         let old = self.runtime.swap(Arc::new(runtime));
         self.admin.store(loaded.config.admin.clone().map(Arc::new));

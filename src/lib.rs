@@ -113,7 +113,7 @@ pub async fn run(startup: Startup, shutdown: impl Future<Output = ()>) -> Result
         "config loaded"
     );
     telemetry::on_runtime(&startup.runtime);
-    startup.runtime.shared.start();
+    startup.runtime.start();
     let handle = Arc::new(ArcSwap::from_pointee(startup.runtime));
     let control = Arc::new(control::Control::new(
         handle.clone(),

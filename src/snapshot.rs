@@ -41,6 +41,19 @@ pub struct Runtime {
     pub shared: plugins::Shared,
 }
 
+impl Runtime {
+    /// Starts the background work of a runtime put in force: key set
+    /// downloads, active health checks. Work already running for state
+    /// carried over from the runtime before goes on as it is. Needs a
+    /// tokio runtime.
+    pub fn start(&self) {
+        self.shared.start();
+        for upstream in self.upstreams.values() {
+            upstream.start_checks();
+        }
+    }
+}
+
 /// Dropped route by route: the old runtime of a large config is freed on
 /// the reload's background thread, yielding as it goes (or, if requests
 /// still ran on it, by the last of them, where yielding is a no-op).

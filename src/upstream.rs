@@ -71,8 +71,10 @@ pub struct Target {
     pub weight: u32,
     in_flight: AtomicUsize,
     pub pool: Pool,
-    /// Passive health: consecutive failures, ejection.
+    /// Passive and active health: consecutive failures, ejection.
     pub health: health::TargetHealth,
+    /// `health_checks.active`, when configured.
+    pub active: Option<crate::config::ActiveHealthCheckConfig>,
 }
 
 impl Target {
@@ -125,6 +127,24 @@ pub struct Upstream {
     pub retry: retry::Policy,
 }
 
+/// Logs and exports a change of whether `target` takes traffic.
+fn report(upstream: &Arc<str>, target: &Target, change: health::Change, why: &str) {
+    let healthy = match change {
+        health::Change::None => return,
+        health::Change::Ejected => {
+            tracing::warn!(upstream = %upstream, target = %target.authority, "target out of rotation: {why}");
+            0
+        }
+        health::Change::Readmitted => {
+            tracing::info!(upstream = %upstream, target = %target.authority, "target back in rotation: {why}");
+            1
+        }
+    };
+    crate::telemetry::metrics()
+        .target_healthy(upstream, &target.label)
+        .set(healthy);
+}
+
 impl Upstream {
     /// Builds from the config; errors (which validation reports first) name
     /// the field. A target of `previous` (the same upstream in the config
@@ -135,6 +155,7 @@ impl Upstream {
         if cfg.targets.is_empty() {
             return Err(("targets".into(), "at least one target is needed".into()));
         }
+        let active = cfg.health_checks.as_ref().and_then(|h| h.active.clone());
         let targets: Vec<Arc<Target>> = cfg
             .targets
             .iter()
@@ -151,7 +172,10 @@ impl Upstream {
                 let weight = t.weight.max(1);
                 let kept = previous.and_then(|p| {
                     p.targets.iter().find(|old| {
-                        old.authority == authority && old.weight == weight && *old.pool.config() == pool_cfg
+                        old.authority == authority
+                            && old.weight == weight
+                            && *old.pool.config() == pool_cfg
+                            && old.active == active
                     })
                 });
                 if let Some(old) = kept {
@@ -166,6 +190,7 @@ impl Upstream {
                     weight,
                     in_flight: AtomicUsize::new(0),
                     health: Default::default(),
+                    active: active.clone(),
                 }))
             })
             .collect::<Result<_, (String, String)>>()?;
@@ -230,21 +255,18 @@ impl Upstream {
     /// Counts a call's outcome for its target's health; logs and exports an
     /// ejection.
     pub fn record(&self, target: &Target, outcome: health::Outcome) {
-        let healthy = match target.health.record(outcome, self.passive) {
-            health::Change::None => return,
-            health::Change::Ejected => {
-                tracing::warn!(upstream = %self.name, target = %target.authority, ?outcome,
-                    "target ejected for {:?} after consecutive failures", health::EJECT_FOR);
-                0
-            }
-            health::Change::Readmitted => {
-                tracing::info!(upstream = %self.name, target = %target.authority, "target healthy again");
-                1
-            }
-        };
-        crate::telemetry::metrics()
-            .target_healthy(&self.name, &target.label)
-            .set(healthy);
+        let change = target.health.record(outcome, self.passive);
+        if change != health::Change::None {
+            report(&self.name, target, change, "consecutive failed calls");
+        }
+    }
+
+    /// Starts the active health checks of the targets, if configured (once
+    /// per target). Needs a tokio runtime.
+    pub fn start_checks(&self) {
+        for t in &self.targets {
+            health::start_checks(t, self);
+        }
     }
 
     pub fn scheme(&self) -> Scheme {

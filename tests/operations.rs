@@ -21,21 +21,6 @@ fn respond_route(name: &str, path: &str, body: &str) -> String {
     format!("  - name: {name}\n    match: {{paths: [\"{path}\"]}}\n    respond: {{body: {body}}}\n")
 }
 
-/// Polls until `f` holds (reloads are asynchronous), up to 10 s.
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 async fn metrics(gw: &Gateway) -> String {
     let r = send(
         &client_h1(),

@@ -358,7 +358,7 @@ pub struct HealthChecksConfig {
     pub passive: Option<PassiveHealthCheckConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveHealthCheckConfig {
     pub path: String,

@@ -234,11 +234,25 @@ impl Validator {
         if u.tls.is_some() {
             self.err(format!("{p}.tls"), not_yet("TLS to upstreams is"));
         }
-        if u.health_checks.as_ref().is_some_and(|h| h.active.is_some()) {
-            self.err(
-                format!("{p}.health_checks.active"),
-                not_yet("active health checks are"),
-            );
+        if let Some(a) = u.health_checks.as_ref().and_then(|h| h.active.as_ref()) {
+            let q = format!("{p}.health_checks.active");
+            if !a.path.starts_with('/') || a.path.parse::<http::uri::PathAndQuery>().is_err() {
+                self.err(format!("{q}.path"), "must be a path starting with `/`");
+            }
+            if a.interval.0 < std::time::Duration::from_millis(100) {
+                self.err(format!("{q}.interval"), "must be at least 100ms");
+            }
+            if a.timeout.0.is_zero() {
+                self.err(format!("{q}.timeout"), "must be above zero");
+            }
+            for (name, n) in [
+                ("healthy_threshold", a.healthy_threshold),
+                ("unhealthy_threshold", a.unhealthy_threshold),
+            ] {
+                if n == 0 {
+                    self.err(format!("{q}.{name}"), "must be at least 1");
+                }
+            }
         }
         if let Some(cb) = &u.circuit_breaker {
             if !(cb.failure_rate > 0.0 && cb.failure_rate <= 1.0) {

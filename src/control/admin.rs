@@ -488,7 +488,7 @@ fn upstream_health(control: &Control, name: &str, id: &HeaderValue) -> Answer {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs())
             });
-            json!({"url": format!("http://{}", t.authority), "healthy": until.is_none(), "ejected_until": until})
+            json!({"url": format!("http://{}", t.authority), "healthy": !t.health.is_ejected(), "ejected_until": until})
         })
         .collect();
     value_answer(

@@ -191,11 +191,16 @@ impl Gateway {
 
     /// `GET` an admin endpoint with the admin token `token`.
     pub async fn admin_get(&self, path: &str, token: &str) -> Resp {
+        self.admin_send("GET", path, token, "").await
+    }
+
+    /// Calls an admin endpoint with the admin token `token`.
+    pub async fn admin_send(&self, method: &str, path: &str, token: &str, body: &str) -> Resp {
         send(
             &client_h1(),
-            req("GET", &self.admin_url(path))
+            req(method, &self.admin_url(path))
                 .header("authorization", format!("Bearer {token}"))
-                .body(Full::default())
+                .body(Full::new(Bytes::from(body.to_string())))
                 .unwrap(),
         )
         .await
@@ -558,6 +563,21 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, boo
         }
     };
     (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Polls until `f` holds (reloads and health checks are asynchronous), up to 10 s.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
 }
 
 /// A config with one listener on 127.0.0.1:0, the given upstreams and routes.
