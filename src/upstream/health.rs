@@ -138,8 +138,14 @@ impl TargetHealth {
             return Change::None;
         }
         counter.store(0, Ordering::Relaxed);
-        self.ejected_until
-            .store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+        // Calls already in flight when the target was ejected fail too:
+        // they extend the ejection but are not a new one.
+        let was = self
+            .ejected_until
+            .swap(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+        if was != 0 && now_ms() < was {
+            return Change::None;
+        }
         Change::Ejected
     }
 }
