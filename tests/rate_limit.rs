@@ -351,3 +351,78 @@ async fn leaky_bucket_waits_no_longer_than_the_route_timeout() {
         assert!(*took < Duration::from_millis(140), "{results:?}");
     }
 }
+
+#[tokio::test]
+async fn redis_cluster_store_one_limit_per_key_across_two_gateways() {
+    let up = Upstream::start("u").await;
+    let cluster = RedisCluster::start(3);
+    let nodes = cluster
+        .node_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let route = |name: &str, policy: &str| {
+        format!(
+            "  - name: {name}\n    match: {{paths: [/{name}]}}\n    upstream: u\n    plugins:\n      rate_limit: {{{policy}, key: [\"header:X-Tenant\"], store: redis, on_store_error: deny}}\n"
+        )
+    };
+    let routes = [
+        route("tb", "rate: 1/m, burst: 3"),
+        route("fw", "algorithm: fixed_window, limit: 3, window: 1h"),
+        route("sc", "algorithm: sliding_window_counter, limit: 3, window: 1h"),
+    ]
+    .concat();
+    let yaml = format!(
+        "{}redis: {{cluster: {{nodes: [{nodes}]}}, timeout: 500ms}}\n",
+        config(&upstream("u", &up), &routes, "")
+    );
+    let (gw1, gw2) = (Gateway::start(&yaml), Gateway::start(&yaml));
+
+    // Each tenant's counts live in its own slot, on whichever node holds it:
+    // the limit holds per tenant across both gateways, exactly.
+    for path in ["/tb", "/fw", "/sc"] {
+        for tenant in 0..6 {
+            let tenant = format!("tenant-{tenant}");
+            let mut passed = 0;
+            for i in 0..6 {
+                let gw = if i % 2 == 0 { &gw1 } else { &gw2 };
+                match hit(gw, path, &[("x-tenant", &tenant)]).await.status {
+                    200 => passed += 1,
+                    429 => {}
+                    s => panic!("{path} {tenant}: {s}"),
+                }
+            }
+            assert_eq!(passed, 3, "{path} {tenant}");
+        }
+    }
+    // The keys are spread over the cluster's nodes.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| !matches!(n.cmd(&["DBSIZE"]), redis::Value::Int(0)))
+        .count();
+    assert!(holding >= 2, "keys on {holding} node(s)");
+}
+
+#[test]
+fn redis_section_errors_are_named() {
+    let base = "version: 1\nroutes:\n  - name: a\n    match: {paths: [/a]}\n    respond: {status: 200}\n";
+    for (redis, expected) in [
+        (
+            "redis: {url: \"redis://127.0.0.1:1\", cluster: {nodes: [\"redis://127.0.0.1:2\"]}}\n",
+            "redis.cluster: give either `url` or `cluster`, not both",
+        ),
+        (
+            "redis: {cluster: {nodes: []}}\n",
+            "redis.cluster.nodes: at least one node is needed",
+        ),
+        (
+            "redis: {cluster: {nodes: [\"redis://127.0.0.1:2\", \"127.0.0.1:3\"]}}\n",
+            "redis.cluster.nodes[1]: not a Redis URL (redis://host:port)",
+        ),
+    ] {
+        let err = fails("validate", &format!("{base}{redis}"));
+        assert!(err.contains(expected), "{expected} in\n{err}");
+    }
+}

@@ -43,15 +43,20 @@ pub struct Gateway {
 /// Writes `yaml` to `config.yaml` in a directory of its own (the gateway
 /// watches the file's directory).
 pub fn write_config(yaml: &str) -> std::path::PathBuf {
+    let path = test_dir("").join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// A new, empty directory under the system's temp dir; `tag` goes in its name.
+pub fn test_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
-        "portcullis-test-{}-{}",
+        "portcullis-test-{}-{tag}{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("config.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+    dir
 }
 
 pub fn bin() -> &'static str {
@@ -697,16 +702,25 @@ impl Drop for Service {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(Vec::new())
+    }
+
+    fn start_with(extra: Vec<String>) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut r = RedisServer { port, child: None };
+        let mut r = RedisServer {
+            port,
+            child: None,
+            extra,
+        };
         r.resume();
         r
     }
@@ -727,6 +741,7 @@ impl RedisServer {
                 "--enable-debug-command",
                 "yes",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -791,6 +806,67 @@ impl Drop for RedisServer {
     }
 }
 
+/// A real Redis Cluster of `n` masters (no replicas) on free 127.0.0.1
+/// ports, made with `redis-cli --cluster create`, every slot covered.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let dir = test_dir("cluster-");
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|i| {
+                RedisServer::start_with(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &dir.join(format!("nodes-{i}.conf")).display().to_string(),
+                        "--dir",
+                        &dir.display().to_string(),
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                )
+            })
+            .collect();
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is installed (with redis-server)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        for node in &nodes {
+            for attempt in 0.. {
+                let info = match node.cmd(&["CLUSTER", "INFO"]) {
+                    redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                    redis::Value::VerbatimString { text, .. } => text,
+                    other => format!("{other:?}"),
+                };
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(attempt < 200, "the cluster did not become ready: {info}");
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The `redis.cluster.nodes` list.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+}
+
 /// A test CA, and a server certificate it signed for 127.0.0.1 and
 /// `localhost`. `ca_file` is the CA in PEM (for `SSL_CERT_FILE`).
 pub struct TestTls {
@@ -812,13 +888,7 @@ impl TestTls {
             .unwrap()
             .signed_by(&leaf_key, &ca)
             .unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-test-{}-ca-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca_file = dir.join("ca.pem");
+        let ca_file = test_dir("ca-").join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
         let server = rustls::ServerConfig::builder_with_provider(Arc::new(
