@@ -74,19 +74,18 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Errors name the field under `scope` (`consumers[i]`).
-    pub fn build(cfg: &ConsumerConfig, scope: &str, errors: &mut Vec<FieldError>) -> Consumer {
-        // A consumer's own plugins run after auth (validation refuses the
-        // others): they need nothing shared.
-        let mut plugins: Vec<Plugin> = instantiate(
-            &cfg.plugins,
-            &Shared::default(),
-            &format!("{scope}.plugins"),
-            errors,
-        )
-        .into_iter()
-        .filter(|p| p.phase() > Phase::Auth)
-        .collect();
+    /// Errors name the field under `scope` (`consumers[i]`). A consumer's
+    /// own plugins run after auth (validation refuses the others).
+    pub fn build(
+        cfg: &ConsumerConfig,
+        scope: &str,
+        shared: &Shared,
+        errors: &mut Vec<FieldError>,
+    ) -> Consumer {
+        let mut plugins: Vec<Plugin> = instantiate(&cfg.plugins, shared, &format!("{scope}.plugins"), errors)
+            .into_iter()
+            .filter(|p| p.phase() > Phase::Auth)
+            .collect();
         plugins.sort_by_key(Plugin::phase);
         let (response, request) = plugins.into_iter().partition(Plugin::is_response_phase);
         Consumer {
@@ -281,13 +280,36 @@ impl<T> Carried<T> {
 }
 
 impl Shared {
+    /// What the plugins of every scope draw on: the Redis connections and
+    /// the state carried over from `previous` (the runtime before, whose
+    /// connections are reused). The credential indexes stay empty until
+    /// [`Shared::index`]: the consumers are built in between, with their
+    /// own plugins drawing on this.
+    pub fn build(cfg: &Config, previous: Option<&Shared>) -> (Shared, Vec<FieldError>) {
+        let mut errors = Vec::new();
+        // The same settings keep their connections.
+        let redis = match (&cfg.redis, previous.and_then(|p| p.redis.as_ref())) {
+            (None, _) => None,
+            (Some(c), Some(old)) if old.settings == *c => Some(old.clone()),
+            (Some(c), _) => match crate::redis_client::Redis::new(c) {
+                Ok(r) => Some(Arc::new(r)),
+                Err((field, message)) => {
+                    errors.push(FieldError::new(format!("redis.{field}"), message));
+                    None
+                }
+            },
+        };
+        let shared = Shared {
+            redis,
+            jwks: Carried::after(previous.map(|p| &p.jwks)),
+            limits: Carried::after(previous.map(|p| &p.limits)),
+            ..Shared::default()
+        };
+        (shared, errors)
+    }
+
     /// Indexes the consumers' credentials; errors name the field.
-    /// `previous` is the runtime's before (its connections are reused).
-    pub fn build(
-        cfg: &Config,
-        consumers: &HashMap<String, Arc<Consumer>>,
-        previous: Option<&Shared>,
-    ) -> (Shared, Vec<FieldError>) {
+    pub fn index(&mut self, cfg: &Config, consumers: &HashMap<String, Arc<Consumer>>) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let keys = api_key::KeyIndex::build(&cfg.consumers, consumers).unwrap_or_else(|errs| {
             errors.extend(errs.into_iter().map(|(f, m)| FieldError::new(f, m)));
@@ -311,27 +333,10 @@ impl Shared {
             errors.extend(errs.into_iter().map(|(f, m)| FieldError::new(f, m)));
             hmac_auth::CredentialIndex::default()
         });
-        // The same settings keep their connections.
-        let redis = match (&cfg.redis, previous.and_then(|p| p.redis.as_ref())) {
-            (None, _) => None,
-            (Some(c), Some(old)) if old.settings == *c => Some(old.clone()),
-            (Some(c), _) => match crate::redis_client::Redis::new(c) {
-                Ok(r) => Some(Arc::new(r)),
-                Err((field, message)) => {
-                    errors.push(FieldError::new(format!("redis.{field}"), message));
-                    None
-                }
-            },
-        };
-        let shared = Shared {
-            keys: Arc::new(keys),
-            subjects: Arc::new(subjects),
-            hmac: Arc::new(hmac),
-            redis,
-            jwks: Carried::after(previous.map(|p| &p.jwks)),
-            limits: Carried::after(previous.map(|p| &p.limits)),
-        };
-        (shared, errors)
+        self.keys = Arc::new(keys);
+        self.subjects = Arc::new(subjects);
+        self.hmac = Arc::new(hmac);
+        errors
     }
 
     /// The key set at `url`: the one in use, the one the runtime before
@@ -655,7 +660,7 @@ mod tests {
                 .config
         };
         let build = |cfg: &Config, previous: Option<&Shared>| {
-            let (shared, errors) = Shared::build(cfg, &HashMap::new(), previous);
+            let (shared, errors) = Shared::build(cfg, previous);
             let mut errors2 = Vec::new();
             let global = GlobalPlugins::build(&cfg.plugins, &shared, &mut errors2);
             shared.finish();

@@ -213,17 +213,18 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
             Err((field, message)) => errors.push(FieldError::new(format!("upstreams[{i}].{field}"), message)),
         }
     }
+    let (mut shared, shared_errors) = plugins::Shared::build(cfg, previous.map(|p| &p.shared));
+    errors.extend(shared_errors);
     let consumers: HashMap<String, Arc<Consumer>> = cfg
         .consumers
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let consumer = Consumer::build(c, &format!("consumers[{i}]"), &mut errors);
+            let consumer = Consumer::build(c, &format!("consumers[{i}]"), &shared, &mut errors);
             (c.name.clone(), Arc::new(consumer))
         })
         .collect();
-    let (shared, shared_errors) = plugins::Shared::build(cfg, &consumers, previous.map(|p| &p.shared));
-    errors.extend(shared_errors);
+    errors.extend(shared.index(cfg, &consumers));
     let global = GlobalPlugins::build(&cfg.plugins, &shared, &mut errors);
 
     let mut table_input = Vec::with_capacity(cfg.routes.len());

@@ -114,6 +114,19 @@ async fn token_bucket_burst_is_exact_and_headers_are_on_every_answer() {
         .problem(429, "rate-limited");
     // Unauthenticated requests are refused before counting.
     hit(&gw, "/keyed", &[]).await.problem(401, "unauthorized");
+    // The consumer's counts survive a reload that leaves its policy as it was.
+    let put = gw
+        .admin_send(
+            "PUT",
+            "/routes/extra2",
+            "t",
+            r#"{"match": {"paths": ["/extra2"]}, "respond": {"status": 200}}"#,
+        )
+        .await;
+    assert_eq!(put.status, 201, "{:?}", put.body);
+    hit(&gw, "/keyed", &[("x-api-key", "gold-key")])
+        .await
+        .problem(429, "rate-limited");
 
     let m = gw.admin_metrics("t").await;
     assert!(
@@ -403,6 +416,17 @@ async fn redis_cluster_store_one_limit_per_key_across_two_gateways() {
         .filter(|n| !matches!(n.cmd(&["DBSIZE"]), redis::Value::Int(0)))
         .count();
     assert!(holding >= 2, "keys on {holding} node(s)");
+}
+
+#[test]
+fn a_consumer_policy_may_use_redis() {
+    let yaml = "version: 1\nredis: {url: \"redis://127.0.0.1:1\"}\nconsumers:\n  - name: c\n    api_keys: [{key: k}]\n    plugins:\n      rate_limit: {rate: 5/s, key: [consumer], store: redis}\nroutes:\n  - name: a\n    match: {paths: [/a]}\n    respond: {status: 200}\n";
+    let out = std::process::Command::new(bin())
+        .args(["validate", "-c"])
+        .arg(write_config(yaml))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
