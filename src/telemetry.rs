@@ -170,6 +170,25 @@ impl Exchange {
 
 /// Publishes the per-target gauges of a runtime that was just put in force.
 pub fn on_runtime(rt: &Runtime) {
+    // `circuit_breaker_state` exists only for upstreams with a breaker: the
+    // series of those that lost theirs go (the others' gauges stay, held by
+    // their breakers).
+    static WITH_BREAKER: std::sync::Mutex<Vec<Arc<str>>> = std::sync::Mutex::new(Vec::new());
+    let mut exported = WITH_BREAKER.lock().unwrap_or_else(|e| e.into_inner());
+    for name in exported.iter() {
+        if rt.upstreams.get(&**name).is_none_or(|u| u.breaker.is_none()) {
+            metrics().circuit_breaker_state.remove(&metrics::UpstreamLabel {
+                upstream: metrics::Name(name.clone()),
+            });
+        }
+    }
+    *exported = rt
+        .upstreams
+        .values()
+        .filter(|u| u.breaker.is_some())
+        .map(|u| u.name.clone())
+        .collect();
+    drop(exported);
     let healthy = &metrics().upstream_target_healthy;
     healthy.clear();
     for up in rt.upstreams.values() {

@@ -64,6 +64,14 @@ async fn opens_fails_fast_and_recovers_through_probes() {
         m.contains(r#"portcullis_circuit_breaker_state{upstream="u"} 0"#),
         "{m}"
     );
+
+    // The breaker removed by a reload: its series goes with it.
+    let body = format!(r#"{{"targets": [{{"url": "{}"}}]}}"#, up.url());
+    let r = gw.admin_send("PUT", "/upstreams/u", "t", &body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let m = gw.admin_metrics("t").await;
+    assert!(!m.contains("portcullis_circuit_breaker_state{"), "{m}");
+    assert!(gw.admin_get("/upstreams/u/health", "t").await.json()["circuit_breaker"].is_null());
 }
 
 #[tokio::test]
