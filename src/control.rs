@@ -163,8 +163,9 @@ impl Control {
                 .unwrap_or(true)
     }
 
-    /// Re-reads the config file; `Ok(None)` when its text is the config
-    /// already in force.
+    /// Re-reads the config file; `Ok(None)` when a change on disk left its
+    /// text as the config already in force. `SIGHUP` always applies it, so
+    /// files the config names (certificates, keys) are read again.
     pub fn reload_file(&self, state: &mut State, origin: Origin) -> Result<Option<String>, ApplyError> {
         let started = Instant::now();
         let Some(path) = &self.file else {
@@ -172,7 +173,7 @@ impl Control {
         };
         let text = config::read_file(path).map_err(|e| self.refused(origin, e))?;
         let version = version_of(&text);
-        if version == state.version {
+        if version == state.version && matches!(origin, Origin::File) {
             return Ok(None);
         }
         let source = path.display().to_string();

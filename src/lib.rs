@@ -29,6 +29,7 @@ pub mod redis_client;
 pub mod router;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod yielding;
 

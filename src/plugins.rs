@@ -212,6 +212,8 @@ pub struct Shared {
     pub keys: Arc<api_key::KeyIndex>,
     /// Every consumer's `jwt_subjects`.
     pub subjects: Arc<jwt::SubjectIndex>,
+    /// Every consumer's `cert_subjects` (mTLS client certificates).
+    pub cert_subjects: Arc<HashMap<String, Arc<Consumer>>>,
     /// Every consumer's `hmac` credentials.
     pub hmac: Arc<hmac_auth::CredentialIndex>,
     /// The `redis` section's connections.
@@ -316,6 +318,7 @@ impl Shared {
             api_key::KeyIndex::default()
         });
         let mut subjects = jwt::SubjectIndex::new();
+        let mut cert_subjects = HashMap::new();
         for (i, c) in cfg.consumers.iter().enumerate() {
             let Some(consumer) = consumers.get(&c.name) else {
                 continue;
@@ -328,6 +331,14 @@ impl Shared {
                     ));
                 }
             }
+            for (j, sub) in c.cert_subjects.iter().enumerate() {
+                if let Some(other) = cert_subjects.insert(sub.clone(), consumer.clone()) {
+                    errors.push(FieldError::new(
+                        format!("consumers[{i}].cert_subjects[{j}]"),
+                        format!("`{sub}` is already a subject of consumer `{}`", other.name),
+                    ));
+                }
+            }
         }
         let hmac = hmac_auth::CredentialIndex::build(&cfg.consumers, consumers).unwrap_or_else(|errs| {
             errors.extend(errs.into_iter().map(|(f, m)| FieldError::new(f, m)));
@@ -335,6 +346,7 @@ impl Shared {
         });
         self.keys = Arc::new(keys);
         self.subjects = Arc::new(subjects);
+        self.cert_subjects = Arc::new(cert_subjects);
         self.hmac = Arc::new(hmac);
         errors
     }

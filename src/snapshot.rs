@@ -80,6 +80,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// `server.tracing` with an OTLP endpoint.
     pub tracer: Option<Arc<Tracer>>,
+    /// Each listener's TLS settings (by its place in `server.listeners`),
+    /// certificate files read at compile time.
+    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
 }
 
 pub struct Route {
@@ -377,6 +380,23 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
             },
         },
     };
+    let listener_tls = cfg
+        .server
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let tls = l.tls.as_ref()?;
+            crate::tls::server_config(tls)
+                .map_err(|(field, message)| {
+                    errors.push(FieldError::new(
+                        format!("server.listeners[{i}].tls.{field}"),
+                        message,
+                    ))
+                })
+                .ok()
+        })
+        .collect();
     shared.finish();
     match table {
         Some(table) if errors.is_empty() => Ok(Runtime {
@@ -391,6 +411,7 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
                 metrics_path: cfg.server.metrics_path.clone(),
                 shutdown_timeout: cfg.server.shutdown_timeout.0,
                 tracer,
+                listener_tls,
             },
             table,
             routes,

@@ -505,6 +505,10 @@ pub struct ConsumerConfig {
     pub hmac: Vec<HmacCredential>,
     #[serde(default)]
     pub jwt_subjects: Vec<String>,
+    /// Client certificate names (the first SAN, else the subject CN) that
+    /// identify this consumer on mTLS listeners.
+    #[serde(default)]
+    pub cert_subjects: Vec<String>,
     #[serde(default)]
     pub plugins: PluginsConfig,
 }

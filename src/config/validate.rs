@@ -130,9 +130,6 @@ impl Validator {
                     format!("address {} is used by another listener", l.address),
                 );
             }
-            if l.tls.is_some() {
-                self.err(format!("{p}.tls"), not_yet("TLS listeners are"));
-            }
         }
         let l = &s.limits;
         let p = "server.limits";

@@ -37,14 +37,17 @@ pub struct ConnInfo {
     /// `peer`'s address as a header value, formatted once per connection.
     pub peer_value: HeaderValue,
     pub tls: bool,
+    /// The client certificate the TLS handshake verified (mTLS).
+    pub client_cert: Option<crate::tls::ClientIdentity>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+    pub fn new(peer: SocketAddr, tls: bool, client_cert: Option<crate::tls::ClientIdentity>) -> Self {
         ConnInfo {
             peer,
             peer_value: forwarded::ip_header_value(peer.ip()),
             tls,
+            client_cert,
         }
     }
 }
@@ -204,10 +207,18 @@ async fn process(
         parts.headers.append(forwarded::VIA.clone(), VIA_VALUE.clone());
     }
 
+    // A verified client certificate names the consumer, unless an auth
+    // plugin of the route names another.
+    let cert_consumer = conn
+        .client_cert
+        .as_ref()
+        .and_then(|c| c.name())
+        .and_then(|name| rt.shared.cert_subjects.get(name))
+        .cloned();
     let mut ctx = RequestCtx {
         request_id: request_id.clone(),
         client_ip,
-        consumer: None,
+        consumer: cert_consumer,
         route: &route.name,
         quota: None,
         // The route's deadline counts from the request's arrival.

@@ -40,13 +40,15 @@ use crate::telemetry::Exchange;
 /// A bound listener, ready to serve.
 pub struct Listener {
     pub name: String,
+    /// Its place in `server.listeners`, where the runtime keeps its TLS settings.
+    pub index: usize,
     pub listener: TcpListener,
 }
 
 /// Binds every listener of the config, or says which one failed and why.
 pub async fn bind(specs: &[(String, SocketAddr)]) -> Result<Vec<Listener>, String> {
     let mut out = Vec::new();
-    for (name, addr) in specs {
+    for (index, (name, addr)) in specs.iter().enumerate() {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
@@ -67,6 +69,7 @@ pub async fn bind(specs: &[(String, SocketAddr)]) -> Result<Vec<Listener>, Strin
             .map_err(|e| format!("listener `{name}`: cannot listen on {addr}: {e}"))?;
         out.push(Listener {
             name: name.clone(),
+            index,
             listener,
         });
     }
@@ -159,6 +162,7 @@ async fn accept_loop(
         tokio::spawn(serve_connection(
             stream,
             peer,
+            l.index,
             ctx.clone(),
             graceful.watcher(),
             connections.clone(),
@@ -169,6 +173,7 @@ async fn accept_loop(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    listener: usize,
     ctx: Arc<ServerCtx>,
     watcher: hyper_util::server::graceful::Watcher,
     gauge: prometheus_client::metrics::gauge::Gauge,
@@ -182,22 +187,65 @@ async fn serve_connection(
     }
     let _active = Active(&ctx.active, gauge);
 
-    // The limits in force when the connection opens apply to all of it.
-    let (header_timeout, idle_timeout, builder) = {
+    // The limits and certificates in force when the connection opens apply
+    // to all of it.
+    let (header_timeout, idle_timeout, builder, tls) = {
         let rt = ctx.runtime.load();
         (
             rt.settings.limits.header_read_timeout.0,
             rt.settings.limits.idle_timeout.0,
             connection_builder(&rt.settings.limits),
+            rt.settings.listener_tls.get(listener).cloned().flatten(),
         )
     };
+    let Some(tls) = tls else {
+        let info = ConnInfo::new(peer, false, None);
+        return serve_stream(stream, info, &ctx, watcher, header_timeout, idle_timeout, builder).await;
+    };
+    // The handshake counts against the header timeout: a client that
+    // stalls it holds the connection no longer than one that stalls its head.
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let stream = match tokio::time::timeout(header_timeout, accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let client = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(crate::tls::ClientIdentity::from_der);
+    let info = ConnInfo::new(peer, true, client);
+    serve_stream(stream, info, &ctx, watcher, header_timeout, idle_timeout, builder).await
+}
+
+/// Serves HTTP on an accepted (and, for TLS, handshaken) connection.
+async fn serve_stream<S>(
+    stream: S,
+    info: ConnInfo,
+    ctx: &Arc<ServerCtx>,
+    watcher: hyper_util::server::graceful::Watcher,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    builder: auto::Builder<TokioExecutor>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
     let tracker = Arc::new(Tracker::new());
     let io = TokioIo::new(WatchedStream {
         inner: stream,
         tracker: tracker.clone(),
         framing: FramingScanner::default(),
     });
-    let info = Arc::new(ConnInfo::new(peer, false));
+    let info = Arc::new(info);
     let runtime = ctx.runtime.clone();
     let svc_tracker = tracker.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -446,14 +494,15 @@ impl Body for TrackedBody {
 #[derive(Clone, Copy, Debug)]
 pub struct ConflictingFraming;
 
-/// A TCP stream that reports reads to its connection's [`Tracker`].
-struct WatchedStream {
-    inner: TcpStream,
+/// A client stream (TCP, or TLS over it) that reports reads of the HTTP
+/// bytes to its connection's [`Tracker`].
+struct WatchedStream<S> {
+    inner: S,
     tracker: Arc<Tracker>,
     framing: FramingScanner,
 }
 
-impl AsyncRead for WatchedStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WatchedStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -462,8 +511,11 @@ impl AsyncRead for WatchedStream {
         let this = &mut *self;
         if this.tracker.answer_pending.load(Ordering::Acquire) {
             // The watchdog gave up on this request head: answer, then end the stream.
+            // Best effort, never waiting: a small answer fits the socket buffer.
             if let Some(answer) = lock(&this.tracker.timeout_answer).take() {
-                let _ = this.inner.try_write(&answer);
+                let mut inner = Pin::new(&mut this.inner);
+                let _ = inner.as_mut().poll_write(cx, &answer);
+                let _ = inner.poll_flush(cx);
             }
             return Poll::Ready(Ok(()));
         }
@@ -497,7 +549,7 @@ impl AsyncRead for WatchedStream {
     }
 }
 
-impl AsyncWrite for WatchedStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedStream<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

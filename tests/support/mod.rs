@@ -867,6 +867,153 @@ impl RedisCluster {
     }
 }
 
+/// A test certificate authority (rcgen), its certificate in `ca_file`.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    pub ca_file: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+/// A certificate a [`TestCa`] signed, and its key, in files and in memory.
+pub struct Issued {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl Issued {
+    pub fn key(&self) -> rustls::pki_types::PrivateKeyDer<'static> {
+        rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into())
+    }
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let dir = test_dir("ca-");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, issuer.pem()).unwrap();
+        TestCa { issuer, ca_file, dir }
+    }
+
+    /// A certificate for `names` (SANs; IP addresses or DNS names) with
+    /// subject CN `cn`, written to `<file>.pem` and `<file>.key`.
+    pub fn issue(&self, file: &str, cn: &str, names: &[&str]) -> Issued {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_file = self.dir.join(format!("{file}.pem"));
+        let key_file = self.dir.join(format!("{file}.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        Issued {
+            cert_file,
+            key_file,
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+
+    pub fn der(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    /// A TLS client trusting this CA, with `client` as its certificate if
+    /// given, offering `alpn`.
+    pub fn client(&self, client: Option<&Issued>, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let mut config = match client {
+            Some(c) => builder
+                .with_client_auth_cert(vec![c.der.clone()], c.key())
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// What a TLS exchange showed: the answer, the server's certificate, the
+/// protocol ALPN chose, and whether the session was resumed.
+pub struct TlsExchange {
+    pub resp: Resp,
+    pub server_cert: rustls::pki_types::CertificateDer<'static>,
+    pub alpn: Option<String>,
+    pub resumed: bool,
+}
+
+/// One `GET path` over a new TLS connection to `addr`, asking for
+/// `server_name` (SNI), over HTTP/2 when ALPN picks `h2`.
+pub async fn tls_get(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    path: &str,
+) -> Result<TlsExchange, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (_, conn) = tls.get_ref();
+    let server_cert = conn.peer_certificates().unwrap()[0].clone();
+    let alpn = conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let req = Request::get(format!("https://{server_name}{path}"))
+        .header("host", server_name)
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let io = TokioIo::new(tls);
+    let resp = if alpn.as_deref() == Some("h2") {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = req;
+        *req.uri_mut() = path.parse().unwrap();
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(TlsExchange {
+        resp: Resp {
+            status,
+            headers: parts.headers,
+            body,
+        },
+        server_cert,
+        alpn,
+        resumed,
+    })
+}
+
 /// A test CA, and a server certificate it signed for 127.0.0.1 and
 /// `localhost`. `ca_file` is the CA in PEM (for `SSL_CERT_FILE`).
 pub struct TestTls {
@@ -876,31 +1023,18 @@ pub struct TestTls {
 
 impl TestTls {
     pub fn new() -> TestTls {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Portcullis test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca)
-            .unwrap();
-        let ca_file = test_dir("ca-").join("ca.pem");
-        std::fs::write(&ca_file, ca.pem()).unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let ca = TestCa::new("Portcullis test CA");
+        let leaf = ca.issue("server", "server", &["127.0.0.1", "localhost"]);
         let server = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
+        .with_single_cert(vec![leaf.der.clone(), ca.der()], leaf.key())
         .unwrap();
         TestTls {
-            ca_file,
+            ca_file: ca.ca_file.clone(),
             server: Arc::new(server),
         }
     }
