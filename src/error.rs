@@ -40,7 +40,8 @@ pub enum GatewayError {
     PayloadTooLarge { limit: u64 },
     /// 431
     HeadersTooLarge { limit: u64 },
-    /// 502: the upstream refused the connection (never sent: safe to retry).
+    /// 502: no connection to the upstream: refused, or its TLS handshake
+    /// failed (never sent: safe to retry).
     UpstreamConnect(String),
     /// 502: the upstream answered garbage or reset (may have been processed).
     UpstreamProtocol(String),
@@ -112,7 +113,9 @@ impl GatewayError {
                 format!("the request headers exceed {limit} bytes")
             }
             // Upstream details go to the log, not to clients.
-            GatewayError::UpstreamConnect(_) => "the upstream service refused the connection".into(),
+            GatewayError::UpstreamConnect(_) => {
+                "the gateway could not connect to the upstream service".into()
+            }
             GatewayError::UpstreamProtocol(_) => "the upstream service sent an invalid response".into(),
             GatewayError::GatewayTimeout => "the upstream service did not answer in time".into(),
             GatewayError::Unavailable { .. } => {

@@ -167,15 +167,60 @@ pub fn server_config(cfg: &ListenerTlsConfig) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
-/// The client side towards one upstream. Errors name the field under `tls`.
-pub fn client_config(
-    cfg: &UpstreamTlsConfig,
-    alpn: &[&[u8]],
-) -> Result<Arc<rustls::ClientConfig>, FieldError> {
+/// The client side towards one upstream, and a digest of what made it
+/// (settings and file contents): equal digests, equal settings, so a reload
+/// that changes neither keeps the upstream's connections.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    digest: [u8; 32],
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls").finish_non_exhaustive()
+    }
+}
+
+/// Reads a file, feeding its name and bytes to `digest`.
+fn read_into(path: &str, digest: &mut sha2::Sha256) -> Result<Vec<u8>, String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    digest.update(path.as_bytes());
+    digest.update(&bytes);
+    Ok(bytes)
+}
+
+fn certs_from(pem: &[u8], path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{path}: not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{path}: no certificate in it"));
+    }
+    Ok(certs)
+}
+
+/// The client side towards one upstream: its CA (else the system's trust
+/// roots), its client certificate for mTLS, ALPN `alpn`. Errors name the
+/// field under `tls`.
+pub fn client_config(cfg: &UpstreamTlsConfig, alpn: &[&[u8]]) -> Result<UpstreamTls, FieldError> {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for p in alpn {
+        digest.update(p);
+    }
     let mut roots = rustls::RootCertStore::empty();
     match &cfg.ca {
         Some(ca) => {
-            for cert in read_certs(ca).map_err(|e| ("ca".to_string(), e))? {
+            let pem = read_into(ca, &mut digest).map_err(|e| ("ca".to_string(), e))?;
+            for cert in certs_from(&pem, ca).map_err(|e| ("ca".to_string(), e))? {
                 roots
                     .add(cert)
                     .map_err(|e| ("ca".to_string(), format!("not a CA certificate: {e}")))?;
@@ -199,8 +244,15 @@ pub fn client_config(
     let mut config = match (&cfg.client_cert, &cfg.client_key) {
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
-            let chain = read_certs(cert).map_err(|e| ("client_cert".to_string(), e))?;
-            let key = read_key(key).map_err(|e| ("client_key".to_string(), e))?;
+            let pem = read_into(cert, &mut digest).map_err(|e| ("client_cert".to_string(), e))?;
+            let chain = certs_from(&pem, cert).map_err(|e| ("client_cert".to_string(), e))?;
+            let key_pem = read_into(key, &mut digest).map_err(|e| ("client_key".to_string(), e))?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                (
+                    "client_key".to_string(),
+                    format!("{key}: not a PEM private key: {e}"),
+                )
+            })?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| ("client_key".to_string(), format!("does not fit client_cert: {e}")))?
@@ -210,7 +262,10 @@ pub fn client_config(
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.resumption = rustls::client::Resumption::in_memory_sessions(256);
-    Ok(Arc::new(config))
+    Ok(UpstreamTls {
+        config: Arc::new(config),
+        digest: digest.finalize().into(),
+    })
 }
 
 /// What the gateway knows of a client that presented a certificate.

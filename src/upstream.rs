@@ -19,18 +19,22 @@ pub use pool::{CallError, Lease, Pool, PoolConfig, SendError};
 
 use crate::config::{Protocol, UpstreamConfig};
 
-/// Checks a target URL: `http://host:port` with no path. Returns its authority.
-pub fn parse_target_url(url: &str) -> Result<Authority, String> {
+/// Checks a target URL: `http://host:port` or `https://host:port`, no
+/// path. Returns its authority and whether it is `https`.
+pub fn parse_target_url(url: &str) -> Result<(Authority, bool), String> {
     let (authority, uri) = parse_url(url)?;
-    if uri.scheme_str() == Some("https") {
-        return Err(format!(
-            "`{url}`: https targets are not supported yet (TLS to upstreams)"
-        ));
-    }
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
         return Err(format!("`{url}`: a target is host:port only, without a path"));
     }
-    Ok(authority)
+    Ok((authority, uri.scheme_str() == Some("https")))
+}
+
+/// The name a target's TLS certificate must carry: its host (a DNS name or
+/// an IP address).
+pub fn server_name(authority: &Authority) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| format!("`{host}` is not a valid TLS server name"))
 }
 
 /// Checks an `http` or `https` URL with a host and no credentials. Returns
@@ -125,6 +129,8 @@ pub struct Upstream {
     pub passive: health::Passive,
     /// `retries` (on by default: once, on connect failures).
     pub retry: retry::Policy,
+    /// Whether calls go over TLS.
+    pub tls: bool,
 }
 
 /// Logs and exports a change of whether `target` takes traffic.
@@ -155,15 +161,54 @@ impl Upstream {
         if cfg.targets.is_empty() {
             return Err(("targets".into(), "at least one target is needed".into()));
         }
-        let active = cfg.health_checks.as_ref().and_then(|h| h.active.clone());
-        let targets: Vec<Arc<Target>> = cfg
+        let parsed = cfg
             .targets
             .iter()
             .enumerate()
-            .map(|(i, t)| {
-                let authority = parse_target_url(&t.url).map_err(|e| (format!("targets[{i}].url"), e))?;
+            .map(|(i, t)| parse_target_url(&t.url).map_err(|e| (format!("targets[{i}].url"), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // TLS when the targets say `https` or the upstream has a `tls` section.
+        let https = parsed.iter().filter(|(_, https)| *https).count();
+        if https != 0 && https != parsed.len() {
+            return Err((
+                "targets".into(),
+                "mixes http and https targets; an upstream speaks one or the other".into(),
+            ));
+        }
+        let tls = match (&cfg.tls, https != 0) {
+            (None, false) => None,
+            (settings, _) => {
+                let settings = settings.clone().unwrap_or_default();
+                let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[b"http/1.1"] };
+                let client = crate::tls::client_config(&settings, alpn)
+                    .map_err(|(field, e)| (format!("tls.{field}"), e))?;
+                Some((client, settings.server_name))
+            }
+        };
+        let active = cfg.health_checks.as_ref().and_then(|h| h.active.clone());
+        let targets: Vec<Arc<Target>> = parsed
+            .into_iter()
+            .enumerate()
+            .map(|(i, (authority, _))| {
+                let t = &cfg.targets[i];
+                let tls = match &tls {
+                    None => None,
+                    Some((client, name)) => Some(pool::PoolTls {
+                        client: client.clone(),
+                        server_name: match name {
+                            Some(n) => rustls::pki_types::ServerName::try_from(n.clone()).map_err(|_| {
+                                (
+                                    "tls.server_name".to_string(),
+                                    format!("`{n}` is not a valid TLS server name"),
+                                )
+                            })?,
+                            None => server_name(&authority).map_err(|e| (format!("targets[{i}].url"), e))?,
+                        },
+                    }),
+                };
                 let pool_cfg = PoolConfig {
                     http2,
+                    tls,
                     connect_timeout: cfg.timeouts.connect.0,
                     write_timeout: cfg.timeouts.write.0,
                     max_idle: cfg.keepalive.max_idle_per_target,
@@ -227,6 +272,7 @@ impl Upstream {
             protocol: cfg.protocol,
             read_timeout: cfg.timeouts.read.0,
             retry: retry::Policy::new(cfg.retries.as_ref()),
+            tls: tls.is_some(),
         })
     }
 
@@ -270,7 +316,7 @@ impl Upstream {
     }
 
     pub fn scheme(&self) -> Scheme {
-        Scheme::HTTP
+        if self.tls { Scheme::HTTPS } else { Scheme::HTTP }
     }
 }
 
@@ -281,17 +327,16 @@ mod tests {
     #[test]
     fn target_urls() {
         assert_eq!(
-            parse_target_url("http://127.0.0.1:9001").unwrap().as_str(),
+            parse_target_url("http://127.0.0.1:9001").unwrap().0.as_str(),
             "127.0.0.1:9001"
         );
         assert_eq!(
-            parse_target_url("http://users.internal").unwrap().as_str(),
+            parse_target_url("http://users.internal").unwrap().0.as_str(),
             "users.internal:80"
         );
-        assert!(
-            parse_target_url("https://x:1")
-                .unwrap_err()
-                .contains("not supported yet")
+        assert_eq!(
+            parse_target_url("https://x").unwrap(),
+            ("x:443".parse().unwrap(), true)
         );
         assert!(parse_target_url("ftp://x:1").is_err());
         assert!(parse_target_url("http://x:1/path").is_err());

@@ -254,3 +254,81 @@ fn certificate_errors_are_named() {
         "{err}"
     );
 }
+
+/// A gateway whose upstream `u` has `upstream_lines` (targets, tls), with
+/// one route to it.
+fn via(upstream_lines: &str) -> Gateway {
+    Gateway::start(&config(
+        upstream_lines,
+        "  - name: r\n    match: {paths: [/]}\n    upstream: u\n",
+        "",
+    ))
+}
+
+#[tokio::test]
+async fn upstreams_over_tls_with_a_custom_ca_sni_and_client_certificates() {
+    let ca = TestCa::new("internal CA");
+    let cert = ca.issue("svc", "svc", &["users.internal"]);
+    let h1 = Upstream::start_tls("h1", ca.server(&cert, &["http/1.1"], None)).await;
+    let h2 = Upstream::start_tls("h2", ca.server(&cert, &["h2"], None)).await;
+    let ca_file = ca.ca_file.display();
+
+    // HTTP/1.1 and HTTP/2 (ALPN h2), the certificate checked against the
+    // given CA for the name given.
+    for (up, protocol, version) in [(&h1, "http1", "HTTP/1.1"), (&h2, "http2", "HTTP/2.0")] {
+        let gw = via(&format!(
+            "  - name: u\n    targets: [{{url: \"https://{}\"}}]\n    protocol: {protocol}\n    tls: {{ca: \"{ca_file}\", server_name: users.internal}}\n",
+            up.addr
+        ));
+        let r = get(&gw.url("/x")).await;
+        assert_eq!(r.status, 200, "{protocol}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(up.last().version, version);
+    }
+
+    // The name does not match, or the CA is not the issuer: 502, logged.
+    for tls in [
+        format!("{{ca: \"{ca_file}\", server_name: other.internal}}"),
+        format!(
+            "{{ca: \"{}\", server_name: users.internal}}",
+            TestCa::new("other").ca_file.display()
+        ),
+    ] {
+        let gw = via(&format!(
+            "  - name: u\n    targets: [{{url: \"https://{}\"}}]\n    tls: {tls}\n",
+            h1.addr
+        ));
+        get(&gw.url("/x")).await.problem(502, "bad-gateway");
+        assert!(gw.logged("invalid peer certificate"), "the log says why");
+    }
+
+    // mTLS to the upstream: it requires a certificate from its client CA.
+    let clients = TestCa::new("gateway clients");
+    let gw_cert = clients.issue("gw", "gateway", &["gateway.internal"]);
+    let strict = Upstream::start_tls("strict", ca.server(&cert, &["http/1.1"], Some(&clients))).await;
+    let plain = via(&format!(
+        "  - name: u\n    targets: [{{url: \"https://{}\"}}]\n    tls: {{ca: \"{ca_file}\", server_name: users.internal}}\n",
+        strict.addr
+    ));
+    assert_eq!(get(&plain.url("/x")).await.status, 502);
+    let with_cert = via(&format!(
+        "  - name: u\n    targets: [{{url: \"https://{}\"}}]\n    tls: {{ca: \"{ca_file}\", server_name: users.internal, client_cert: \"{}\", client_key: \"{}\"}}\n",
+        strict.addr,
+        gw_cert.cert_file.display(),
+        gw_cert.key_file.display()
+    ));
+    assert_eq!(get(&with_cert.url("/x")).await.status, 200);
+    assert_eq!(strict.count(), 1);
+}
+
+#[test]
+fn upstream_tls_errors_are_named() {
+    let yaml = "version: 1\nupstreams:\n  - name: u\n    targets: [{url: \"https://127.0.0.1:1\"}, {url: \"http://127.0.0.1:2\"}]\n  - name: v\n    targets: [{url: \"https://127.0.0.1:1\"}]\n    tls: {ca: /nonexistent/ca.pem}\n  - name: w\n    targets: [{url: \"https://127.0.0.1:1\"}]\n    tls: {client_cert: /x.pem}\nroutes:\n  - name: r\n    match: {paths: [/]}\n    upstream: u\n";
+    let err = fails("validate", yaml);
+    for expected in [
+        "upstreams[0].targets: mixes http and https targets",
+        "upstreams[1].tls.ca: cannot read /nonexistent/ca.pem",
+        "upstreams[2].tls.client_key: is needed with client_cert",
+    ] {
+        assert!(err.contains(expected), "{expected} in\n{err}");
+    }
+}

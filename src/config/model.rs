@@ -302,7 +302,7 @@ pub enum Protocol {
     Grpc,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
     #[serde(default)]

@@ -228,9 +228,6 @@ impl Validator {
             }
             _ => {}
         }
-        if u.tls.is_some() {
-            self.err(format!("{p}.tls"), not_yet("TLS to upstreams is"));
-        }
         if let Some(a) = u.health_checks.as_ref().and_then(|h| h.active.as_ref()) {
             let q = format!("{p}.health_checks.active");
             if !a.path.starts_with('/') || a.path.parse::<http::uri::PathAndQuery>().is_err() {

@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http_body_util::Full;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -88,14 +87,10 @@ pub fn traces_url(endpoint: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = endpoint
         .parse()
         .map_err(|_| format!("`{endpoint}` is not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err("https OTLP endpoints are not supported yet (TLS)".into()),
-        _ => {
-            return Err(format!(
-                "`{endpoint}`: the scheme must be http (OTLP/HTTP, e.g. http://127.0.0.1:4318)"
-            ));
-        }
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "`{endpoint}`: the scheme must be http or https (OTLP/HTTP, e.g. http://127.0.0.1:4318)"
+        ));
     }
     if uri.authority().is_none() {
         return Err(format!("`{endpoint}` has no host"));
@@ -114,6 +109,7 @@ impl Tracer {
     pub fn start(settings: &TracingConfig) -> Result<Tracer, String> {
         let endpoint = settings.otlp_endpoint.as_deref().unwrap_or_default();
         let url = traces_url(endpoint)?;
+        let collector = crate::upstream::fetch::Endpoint::parse(&url.to_string())?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
             wake: Condvar::new(),
@@ -122,7 +118,7 @@ impl Tracer {
             flushed: Condvar::new(),
         });
         let exporter = Exporter {
-            url,
+            collector,
             resource: Resource {
                 attributes: vec![kv("service.name", &settings.service_name)],
                 ..Default::default()
@@ -291,7 +287,8 @@ fn nanos(t: SystemTime) -> u64 {
 }
 
 struct Exporter {
-    url: http::Uri,
+    /// The collector's traces URL, over a kept-alive connection (http or https).
+    collector: crate::upstream::fetch::Endpoint,
     resource: Resource,
     shared: Arc<Shared>,
 }
@@ -330,7 +327,7 @@ impl Exporter {
                         failures += 1;
                         // Once per run of failures, not once per batch.
                         if failures == 1 {
-                            tracing::warn!(url = %self.url, spans = n, error = %e, "trace export failed; spans dropped");
+                            tracing::warn!(url = %self.collector.url, spans = n, error = %e, "trace export failed; spans dropped");
                         }
                     }
                 }
@@ -371,25 +368,17 @@ impl Exporter {
     }
 
     async fn post(&self, body: Bytes) -> Result<(), String> {
-        let authority = self.url.authority().ok_or("no host")?;
-        let port = authority.port_u16().unwrap_or(80);
-        let stream = tokio::net::TcpStream::connect((authority.host(), port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::post(self.url.path())
-            .header(http::header::HOST, authority.as_str())
+        let req = self
+            .collector
+            .request(http::Method::POST)
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Full::new(body))
+            .body(crate::body::RequestBody::full(body))
             .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        if resp.status().is_success() {
+        let (parts, _) = self.collector.send(req, EXPORT_TIMEOUT).await?;
+        if parts.status.is_success() {
             Ok(())
         } else {
-            Err(format!("the collector answered {}", resp.status()))
+            Err(format!("the collector answered {}", parts.status))
         }
     }
 }
@@ -412,11 +401,11 @@ mod tests {
             traces_url("http://c:4318/custom/path").unwrap().path(),
             "/custom/path"
         );
-        assert!(
-            traces_url("https://c:4318")
-                .unwrap_err()
-                .contains("not supported yet")
+        assert_eq!(
+            traces_url("https://c:4318").unwrap().to_string(),
+            "https://c:4318/v1/traces"
         );
+        assert!(traces_url("ftp://c:4318").is_err());
         assert!(traces_url("c:4318").is_err());
     }
 }

@@ -66,14 +66,24 @@ impl SendError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub http2: bool,
+    /// TLS towards the target, when the upstream speaks it.
+    pub tls: Option<PoolTls>,
     pub connect_timeout: Duration,
     /// A write to the upstream that makes no progress this long fails.
     pub write_timeout: Duration,
     pub max_idle: usize,
     pub idle_timeout: Duration,
+}
+
+/// TLS towards a target: the client settings and the name its certificate
+/// must carry (and SNI sends).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolTls {
+    pub client: crate::tls::UpstreamTls,
+    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 pub struct Pool {
@@ -233,23 +243,36 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<UpstreamIo, CallError> {
+        // TCP, then the TLS handshake if any, within the connect timeout.
         let dial = async {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host(self.authority.as_str()).await?.collect();
             let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the target");
+            let mut stream = None;
             for addr in addrs {
                 match TcpStream::connect(addr).await {
-                    Ok(s) => return Ok(s),
+                    Ok(s) => {
+                        stream = Some(s);
+                        break;
+                    }
                     Err(e) => last = e,
                 }
             }
-            Err(last)
+            let stream = stream.ok_or(last)?;
+            let _ = stream.set_nodelay(true);
+            match &self.cfg.tls {
+                None => Ok(Stream::Plain(stream)),
+                Some(tls) => tokio_rustls::TlsConnector::from(tls.client.config.clone())
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map(|s| Stream::Tls(Box::new(s)))
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("TLS: {e}"))),
+            }
         };
         let stream = match tokio::time::timeout(self.cfg.connect_timeout, dial).await {
             Err(_) => return Err(CallError::ConnectTimeout),
             Ok(Err(e)) => return Err(CallError::Connect(e)),
             Ok(Ok(s)) => s,
         };
-        let _ = stream.set_nodelay(true);
         Ok(UpstreamIo {
             head_deadline: None,
             head_timer: None,
@@ -311,12 +334,72 @@ fn drive(conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
     });
 }
 
-/// The TCP stream to an upstream, with the write timeout: a write the
+/// A connection to a target: TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The stream to an upstream, with the write timeout: a write the
 /// upstream does not accept within `write_timeout` (its socket buffer stays
 /// full) fails with `TimedOut`. The timer exists only while a write waits,
 /// so the usual path costs nothing.
 struct UpstreamIo {
-    inner: TcpStream,
+    inner: Stream,
     /// HTTP/1.1 only: the deadline for the response head of the exchange in
     /// flight, enforced here with one timer for the connection's life.
     head_deadline: Option<Arc<HeadDeadline>>,

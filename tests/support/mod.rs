@@ -289,6 +289,15 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
+        Upstream::serve(name, None).await
+    }
+
+    /// The same over TLS with `config` (its ALPN decides h2 or HTTP/1.1).
+    pub async fn start_tls(name: &str, config: Arc<rustls::ServerConfig>) -> Upstream {
+        Upstream::serve(name, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn serve(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -311,14 +320,23 @@ impl Upstream {
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
                 let state = state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(upstream_answer(req, state).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -889,6 +907,37 @@ impl Issued {
 }
 
 impl TestCa {
+    /// A TLS server presenting `cert` (and this CA), with ALPN `alpn`, and
+    /// client certificates from `clients` required when given.
+    pub fn server(
+        &self,
+        cert: &Issued,
+        alpn: &[&str],
+        clients: Option<&TestCa>,
+    ) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.der()).unwrap();
+                builder.with_client_cert_verifier(
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .unwrap(),
+                )
+            }
+        };
+        let mut config = builder
+            .with_single_cert(vec![cert.der.clone(), self.der()], cert.key())
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Arc::new(config)
+    }
+
     pub fn new(name: &str) -> TestCa {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -1025,17 +1074,9 @@ impl TestTls {
     pub fn new() -> TestTls {
         let ca = TestCa::new("Portcullis test CA");
         let leaf = ca.issue("server", "server", &["127.0.0.1", "localhost"]);
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der.clone(), ca.der()], leaf.key())
-        .unwrap();
         TestTls {
+            server: ca.server(&leaf, &[], None),
             ca_file: ca.ca_file.clone(),
-            server: Arc::new(server),
         }
     }
 
