@@ -14,6 +14,7 @@
 
 pub mod acl;
 pub mod api_key;
+pub mod cors;
 pub mod hmac_auth;
 pub mod ip_restriction;
 pub mod jwks;
@@ -59,6 +60,8 @@ pub struct RequestCtx<'r> {
     pub route: &'r str,
     /// Set by `rate_limit`: what the `RateLimit-*` response headers say.
     pub quota: Option<rate_limit::Quota>,
+    /// Set by `cors`: the CORS headers every answer gets.
+    pub cors: Option<cors::CorsAnswer>,
     /// When the route's `timeout` runs out.
     pub deadline: tokio::time::Instant,
 }
@@ -107,6 +110,7 @@ pub enum Flow {
 #[derive(Clone)]
 pub enum Plugin {
     IpRestriction(Arc<ip_restriction::IpRestriction>),
+    Cors(Arc<cors::Cors>),
     ApiKey(Arc<api_key::ApiKey>),
     Jwt(Arc<jwt::Jwt>),
     PhantomToken(Arc<phantom_token::PhantomToken>),
@@ -121,6 +125,7 @@ impl Plugin {
     pub fn name(&self) -> &'static str {
         match self {
             Plugin::IpRestriction(_) => "ip_restriction",
+            Plugin::Cors(_) => "cors",
             Plugin::ApiKey(_) => "api_key",
             Plugin::Jwt(_) => "jwt",
             Plugin::PhantomToken(_) => "phantom_token",
@@ -135,6 +140,7 @@ impl Plugin {
     pub fn phase(&self) -> Phase {
         match self {
             Plugin::IpRestriction(_) => Phase::IpRestriction,
+            Plugin::Cors(_) => Phase::Cors,
             Plugin::ApiKey(_) | Plugin::Jwt(_) | Plugin::PhantomToken(_) | Plugin::HmacAuth(_) => Phase::Auth,
             Plugin::Acl(_) => Phase::Acl,
             Plugin::RateLimit(_) => Phase::RateLimit,
@@ -155,6 +161,7 @@ impl Plugin {
     ) -> Result<Flow, GatewayError> {
         match self {
             Plugin::IpRestriction(p) => p.check(ctx.client_ip).map(|()| Flow::Continue),
+            Plugin::Cors(p) => Ok(p.check(req, &mut ctx.cors)),
             Plugin::ApiKey(p) => p.authenticate(ctx, req).map(|()| Flow::Continue),
             Plugin::Jwt(p) => p.authenticate(ctx, req).await.map(|()| Flow::Continue),
             Plugin::PhantomToken(p) => p.authenticate(ctx, req).await.map(|()| Flow::Continue),
@@ -173,6 +180,7 @@ impl Plugin {
         match self {
             Plugin::ResponseTransform(p) => p.apply(resp),
             Plugin::IpRestriction(_)
+            | Plugin::Cors(_)
             | Plugin::ApiKey(_)
             | Plugin::Jwt(_)
             | Plugin::PhantomToken(_)
@@ -409,6 +417,12 @@ fn instantiate(
         out.push(Plugin::IpRestriction(Arc::new(
             ip_restriction::IpRestriction::new(c),
         )));
+    }
+    if let Some(c) = &cfg.cors {
+        match cors::Cors::new(c) {
+            Ok(p) => out.push(Plugin::Cors(Arc::new(p))),
+            Err((field, message)) => errors.push(FieldError::new(format!("{scope}.cors.{field}"), message)),
+        }
     }
     if let Some(c) = &cfg.api_key {
         out.push(Plugin::ApiKey(Arc::new(api_key::ApiKey::new(

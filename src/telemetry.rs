@@ -34,6 +34,8 @@ pub struct Exchange {
     pub upstream_status: Option<u16>,
     /// What `rate_limit` decided: the `RateLimit-*` headers of the answer.
     pub quota: Option<crate::plugins::rate_limit::Quota>,
+    /// What `cors` decided: the CORS headers of the answer.
+    pub cors: Option<crate::plugins::cors::CorsAnswer>,
     /// Only for requests whose spans may be exported.
     pub trace: Option<Box<trace::RequestTrace>>,
     /// Only when the access log is on (boxed: most exchanges carry none,
@@ -93,6 +95,7 @@ impl Exchange {
             upstream_time: None,
             upstream_status: None,
             quota: None,
+            cors: None,
             trace: None,
             log,
         }

@@ -396,7 +396,7 @@ impl Validator {
         let PluginsConfig {
             ip_restriction,
             waf,
-            cors,
+            cors: _,
             request_validation,
             api_key,
             jwt: _,
@@ -452,7 +452,6 @@ impl Validator {
         }
         let unbuilt = [
             ("waf", waf.is_some()),
-            ("cors", cors.is_some()),
             ("request_validation", request_validation.is_some()),
             ("cache", cache.is_some()),
             ("compression", compression.is_some()),

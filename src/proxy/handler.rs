@@ -93,6 +93,9 @@ pub async fn handle(
     };
     ex.status = resp.status().as_u16();
     let headers = resp.headers_mut();
+    if let Some(cors) = &ex.cors {
+        cors.apply(headers);
+    }
     if let Some(q) = ex.quota {
         headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(q.limit));
         headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(q.remaining));
@@ -221,6 +224,7 @@ async fn process(
         consumer: cert_consumer,
         route: &route.name,
         quota: None,
+        cors: None,
         // The route's deadline counts from the request's arrival.
         deadline: Instant::from_std(ex.started()) + route.timeout,
     };
@@ -231,6 +235,7 @@ async fn process(
     let mut body = RequestBody::new(body, route.max_body, bytes_in);
     let flow = route.pipeline.on_request(&mut ctx, &mut parts, &mut body).await;
     ex.quota = ctx.quota;
+    ex.cors = ctx.cors.take();
     if let Err(GatewayError::RateLimited { .. }) = &flow {
         telemetry::metrics()
             .rate_limited
