@@ -53,6 +53,9 @@ pub enum GatewayError {
     NoHealthyTarget,
     /// 429: over a `rate_limit` policy; `retry_after` in seconds.
     RateLimited { retry_after: u64 },
+    /// 400: the body does not pass `request_validation`; `pointer` is the
+    /// JSON pointer of the failing place (empty: the whole body).
+    ValidationFailed { pointer: String, detail: String },
     /// 503: a service the gateway itself depends on (Redis, a token
     /// introspection endpoint) failed; requests it guards fail closed.
     /// `plugin` names the plugin; the cause goes to the log, not the client.
@@ -62,7 +65,9 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadRequest { .. } | GatewayError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest { .. }
+            | GatewayError::InvalidPath(_)
+            | GatewayError::ValidationFailed { .. } => StatusCode::BAD_REQUEST,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
@@ -81,6 +86,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { .. } => "bad-request",
             GatewayError::InvalidPath(_) => "invalid-path",
+            GatewayError::ValidationFailed { .. } => "validation-failed",
             GatewayError::Unauthorized { .. } => "unauthorized",
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::RouteNotFound => "route-not-found",
@@ -100,6 +106,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest { detail, .. } => (*detail).to_string(),
             GatewayError::InvalidPath(e) => e.describe().to_string(),
+            GatewayError::ValidationFailed { detail, .. } => detail.clone(),
             GatewayError::Unauthorized { detail, .. } => (*detail).to_string(),
             GatewayError::Forbidden(why) => (*why).to_string(),
             GatewayError::RouteNotFound => "no route matches this request".into(),
@@ -166,7 +173,11 @@ impl GatewayError {
             }
             Side::Downstream => {}
         }
-        let mut resp = problem(status, self.slug(), &self.detail(), request_id);
+        let mut extensions = serde_json::Map::new();
+        if let GatewayError::ValidationFailed { pointer, .. } = &self {
+            extensions.insert("pointer".into(), pointer.as_str().into());
+        }
+        let mut resp = problem_with(status, self.slug(), &self.detail(), request_id, extensions);
         if let GatewayError::Unauthorized { challenge, .. } = &self {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

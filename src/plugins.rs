@@ -21,6 +21,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod phantom_token;
 pub mod rate_limit;
+pub mod request_validation;
 pub mod transform;
 
 use std::collections::HashMap;
@@ -117,6 +118,7 @@ pub enum Plugin {
     HmacAuth(Arc<hmac_auth::HmacAuth>),
     Acl(Arc<acl::Acl>),
     RateLimit(Arc<rate_limit::RateLimit>),
+    RequestValidation(Arc<request_validation::RequestValidation>),
     RequestTransform(Arc<transform::RequestTransform>),
     ResponseTransform(Arc<transform::ResponseTransform>),
 }
@@ -131,6 +133,7 @@ impl Plugin {
             Plugin::PhantomToken(_) => "phantom_token",
             Plugin::HmacAuth(_) => "hmac_auth",
             Plugin::Acl(_) => "acl",
+            Plugin::RequestValidation(_) => "request_validation",
             Plugin::RateLimit(_) => "rate_limit",
             Plugin::RequestTransform(_) => "request_transform",
             Plugin::ResponseTransform(_) => "response_transform",
@@ -144,6 +147,7 @@ impl Plugin {
             Plugin::ApiKey(_) | Plugin::Jwt(_) | Plugin::PhantomToken(_) | Plugin::HmacAuth(_) => Phase::Auth,
             Plugin::Acl(_) => Phase::Acl,
             Plugin::RateLimit(_) => Phase::RateLimit,
+            Plugin::RequestValidation(_) => Phase::RequestValidation,
             Plugin::RequestTransform(_) => Phase::RequestTransform,
             Plugin::ResponseTransform(_) => Phase::ResponseTransform,
         }
@@ -168,6 +172,7 @@ impl Plugin {
             Plugin::HmacAuth(p) => p.authenticate(ctx, req, body).await.map(|()| Flow::Continue),
             Plugin::Acl(p) => p.check(ctx).map(|()| Flow::Continue),
             Plugin::RateLimit(p) => p.check(ctx, req).await.map(|()| Flow::Continue),
+            Plugin::RequestValidation(p) => p.check(req, body).await.map(|()| Flow::Continue),
             Plugin::RequestTransform(p) => {
                 p.apply(req);
                 Ok(Flow::Continue)
@@ -187,6 +192,7 @@ impl Plugin {
             | Plugin::HmacAuth(_)
             | Plugin::Acl(_)
             | Plugin::RateLimit(_)
+            | Plugin::RequestValidation(_)
             | Plugin::RequestTransform(_) => {}
         }
     }
@@ -471,6 +477,15 @@ fn instantiate(
                     "{scope}.rate_limit{}{field}",
                     if field.starts_with('[') { "" } else { "." }
                 ),
+                message,
+            )),
+        }
+    }
+    if let Some(c) = &cfg.request_validation {
+        match request_validation::RequestValidation::new(c) {
+            Ok(p) => out.push(Plugin::RequestValidation(Arc::new(p))),
+            Err((field, message)) => errors.push(FieldError::new(
+                format!("{scope}.request_validation.{field}"),
                 message,
             )),
         }

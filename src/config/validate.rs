@@ -397,7 +397,7 @@ impl Validator {
             ip_restriction,
             waf,
             cors: _,
-            request_validation,
+            request_validation: _,
             api_key,
             jwt: _,
             phantom_token: _,
@@ -452,7 +452,6 @@ impl Validator {
         }
         let unbuilt = [
             ("waf", waf.is_some()),
-            ("request_validation", request_validation.is_some()),
             ("cache", cache.is_some()),
             ("compression", compression.is_some()),
         ];
