@@ -53,6 +53,8 @@ pub enum GatewayError {
     NoHealthyTarget,
     /// 429: over a `rate_limit` policy; `retry_after` in seconds.
     RateLimited { retry_after: u64 },
+    /// 403: a `waf` rule matched (its id, never the payload, is told).
+    WafBlocked { rule: &'static str },
     /// 400: the body does not pass `request_validation`; `pointer` is the
     /// JSON pointer of the failing place (empty: the whole body).
     ValidationFailed { pointer: String, detail: String },
@@ -69,7 +71,7 @@ impl GatewayError {
             | GatewayError::InvalidPath(_)
             | GatewayError::ValidationFailed { .. } => StatusCode::BAD_REQUEST,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::Forbidden(_) | GatewayError::WafBlocked { .. } => StatusCode::FORBIDDEN,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,6 +91,7 @@ impl GatewayError {
             GatewayError::ValidationFailed { .. } => "validation-failed",
             GatewayError::Unauthorized { .. } => "unauthorized",
             GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::WafBlocked { .. } => "waf-blocked",
             GatewayError::RouteNotFound => "route-not-found",
             GatewayError::MethodNotAllowed { .. } => "method-not-allowed",
             GatewayError::PayloadTooLarge { .. } => "payload-too-large",
@@ -109,6 +112,9 @@ impl GatewayError {
             GatewayError::ValidationFailed { detail, .. } => detail.clone(),
             GatewayError::Unauthorized { detail, .. } => (*detail).to_string(),
             GatewayError::Forbidden(why) => (*why).to_string(),
+            GatewayError::WafBlocked { rule } => {
+                format!("the request was blocked by the web application firewall (rule {rule})")
+            }
             GatewayError::RouteNotFound => "no route matches this request".into(),
             GatewayError::MethodNotAllowed { allow } => {
                 format!("this path accepts: {}", crate::router::allow_header(*allow))
@@ -176,6 +182,9 @@ impl GatewayError {
         let mut extensions = serde_json::Map::new();
         if let GatewayError::ValidationFailed { pointer, .. } = &self {
             extensions.insert("pointer".into(), pointer.as_str().into());
+        }
+        if let GatewayError::WafBlocked { rule } = &self {
+            extensions.insert("rule".into(), (*rule).into());
         }
         let mut resp = problem_with(status, self.slug(), &self.detail(), request_id, extensions);
         if let GatewayError::Unauthorized { challenge, .. } = &self {

@@ -23,6 +23,7 @@ pub mod phantom_token;
 pub mod rate_limit;
 pub mod request_validation;
 pub mod transform;
+pub mod waf;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -111,6 +112,7 @@ pub enum Flow {
 #[derive(Clone)]
 pub enum Plugin {
     IpRestriction(Arc<ip_restriction::IpRestriction>),
+    Waf(Arc<waf::Waf>),
     Cors(Arc<cors::Cors>),
     ApiKey(Arc<api_key::ApiKey>),
     Jwt(Arc<jwt::Jwt>),
@@ -128,6 +130,7 @@ impl Plugin {
         match self {
             Plugin::IpRestriction(_) => "ip_restriction",
             Plugin::Cors(_) => "cors",
+            Plugin::Waf(_) => "waf",
             Plugin::ApiKey(_) => "api_key",
             Plugin::Jwt(_) => "jwt",
             Plugin::PhantomToken(_) => "phantom_token",
@@ -144,6 +147,7 @@ impl Plugin {
         match self {
             Plugin::IpRestriction(_) => Phase::IpRestriction,
             Plugin::Cors(_) => Phase::Cors,
+            Plugin::Waf(_) => Phase::Waf,
             Plugin::ApiKey(_) | Plugin::Jwt(_) | Plugin::PhantomToken(_) | Plugin::HmacAuth(_) => Phase::Auth,
             Plugin::Acl(_) => Phase::Acl,
             Plugin::RateLimit(_) => Phase::RateLimit,
@@ -166,6 +170,14 @@ impl Plugin {
         match self {
             Plugin::IpRestriction(p) => p.check(ctx.client_ip).map(|()| Flow::Continue),
             Plugin::Cors(p) => Ok(p.check(req, &mut ctx.cors)),
+            Plugin::Waf(p) => {
+                if let Some(hit) = p.check(ctx, req, body).await? {
+                    crate::telemetry::metrics()
+                        .waf_detected(ctx.route, hit.rule)
+                        .inc();
+                }
+                Ok(Flow::Continue)
+            }
             Plugin::ApiKey(p) => p.authenticate(ctx, req).map(|()| Flow::Continue),
             Plugin::Jwt(p) => p.authenticate(ctx, req).await.map(|()| Flow::Continue),
             Plugin::PhantomToken(p) => p.authenticate(ctx, req).await.map(|()| Flow::Continue),
@@ -185,6 +197,7 @@ impl Plugin {
         match self {
             Plugin::ResponseTransform(p) => p.apply(resp),
             Plugin::IpRestriction(_)
+            | Plugin::Waf(_)
             | Plugin::Cors(_)
             | Plugin::ApiKey(_)
             | Plugin::Jwt(_)
@@ -423,6 +436,12 @@ fn instantiate(
         out.push(Plugin::IpRestriction(Arc::new(
             ip_restriction::IpRestriction::new(c),
         )));
+    }
+    if let Some(c) = &cfg.waf {
+        match waf::Waf::new(c) {
+            Ok(p) => out.push(Plugin::Waf(Arc::new(p))),
+            Err((field, message)) => errors.push(FieldError::new(format!("{scope}.waf.{field}"), message)),
+        }
     }
     if let Some(c) = &cfg.cors {
         match cors::Cors::new(c) {

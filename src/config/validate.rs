@@ -395,7 +395,7 @@ impl Validator {
     fn plugins(&mut self, plugins: &PluginsConfig, p: &str) {
         let PluginsConfig {
             ip_restriction,
-            waf,
+            waf: _,
             cors: _,
             request_validation: _,
             api_key,
@@ -450,11 +450,7 @@ impl Validator {
         {
             self.err(format!("{p}.acl"), "needs `allow` or `deny`");
         }
-        let unbuilt = [
-            ("waf", waf.is_some()),
-            ("cache", cache.is_some()),
-            ("compression", compression.is_some()),
-        ];
+        let unbuilt = [("cache", cache.is_some()), ("compression", compression.is_some())];
         for (name, present) in unbuilt {
             if present {
                 self.err(

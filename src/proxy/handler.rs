@@ -27,7 +27,7 @@ use crate::router::path;
 use crate::router::{Lookup, RouteRequest};
 use crate::snapshot::{Action, Runtime};
 use crate::telemetry::access_log::Line;
-use crate::telemetry::metrics::{Name, PluginLabels, RouteLabel};
+use crate::telemetry::metrics::{Name, PluginLabels, RouteLabel, RuleLabels};
 use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::{self, Exchange};
 
@@ -241,6 +241,15 @@ async fn process(
             .rate_limited
             .get_or_create(&RouteLabel {
                 route: Name(route.name.clone()),
+            })
+            .inc();
+    }
+    if let Err(GatewayError::WafBlocked { rule }) = &flow {
+        telemetry::metrics()
+            .waf_blocked
+            .get_or_create(&RuleLabels {
+                route: Name(route.name.clone()),
+                rule: Name((*rule).into()),
             })
             .inc();
     }

@@ -109,6 +109,7 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     pub rate_limit_store_errors: Counter,
     pub upstream_retries: Family<UpstreamLabel, Counter>,
+    pub waf_detected: Family<RuleLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -143,6 +144,7 @@ impl Metrics {
             access_log_dropped: Counter::default(),
             rate_limit_store_errors: Counter::default(),
             upstream_retries: Family::default(),
+            waf_detected: Family::default(),
             registry: Registry::default(),
         };
         // Counters are registered without `_total`: the encoder adds it.
@@ -221,6 +223,11 @@ impl Metrics {
             "Upstream calls sent again after a failure (retries)",
             m.upstream_retries.clone(),
         );
+        registry.register(
+            "waf_detected",
+            "WAF matches let through (mode: detect), by route and rule",
+            m.waf_detected.clone(),
+        );
         // Both outcomes exist from the start, so a rate() over them works at once.
         for result in ["success", "failure"] {
             drop(m.config_reloads.get_or_create(&ResultLabel { result }));
@@ -250,6 +257,16 @@ impl Metrics {
         self.circuit_breaker_state
             .get_or_create(&UpstreamLabel {
                 upstream: Name(upstream.into()),
+            })
+            .clone()
+    }
+
+    /// `waf_detected_total{route,rule}`.
+    pub fn waf_detected(&self, route: &str, rule: &str) -> Counter {
+        self.waf_detected
+            .get_or_create(&RuleLabels {
+                route: Name(route.into()),
+                rule: Name(rule.into()),
             })
             .clone()
     }
