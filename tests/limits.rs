@@ -246,3 +246,50 @@ async fn idle_http2_connections_get_the_idle_timeout_not_the_header_timeout() {
     );
     assert_eq!(logs.matches("\"listening\"").count(), 1);
 }
+
+#[tokio::test]
+async fn too_many_headers_are_refused() {
+    let (gw, up) = setup("    max_request_header_bytes: 64KiB\n").await;
+    let mut request = String::from("GET /x HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..150 {
+        request.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    request.push_str("\r\n");
+    let (answer, closed) = raw(gw.addr(), request.as_bytes(), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(closed);
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_body_is_cut_off_by_the_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, _up) = setup("    request_timeout: 1s\n").await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // One byte every 200 ms: the whole body would take 200 s.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let _ = s.write_all(b"a").await;
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the slow body was not cut off"
+        );
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
