@@ -1,4 +1,13 @@
-# Shared by the bench scripts (sourced, not run).
+# Shared by the bench scripts (sourced, not run; they set ROOT and HARNESS).
+
+# build_bench: builds the gateway (release) and the shared harness's
+# upstream, out of the harness's read-only tree; exports UPSTREAM_BIN.
+build_bench() {
+  cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
+  CARGO_TARGET_DIR="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target" \
+    cargo build --release --manifest-path "$HARNESS/upstream/Cargo.toml" >&2
+  export UPSTREAM_BIN="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target/release/upstream"
+}
 
 # bench_config PORT [EXTRA_SERVER_LINES] [ROUTE_PLUGINS]: the one-route
 # proxy config every benchmark measures, on 127.0.0.1:PORT, to the

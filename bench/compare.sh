@@ -20,13 +20,10 @@ HARNESS="${HARNESS:-$ROOT/../shared/bench}"
 WORK="${BENCH_WORK:-/tmp/portcullis-bench}"
 mkdir -p "$WORK"
 
-cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
-# The harness's upstream, built out of its (read-only) tree.
-CARGO_TARGET_DIR="$WORK/upstream-target" cargo build --release --manifest-path "$HARNESS/upstream/Cargo.toml" >&2
-export UPSTREAM_BIN="$WORK/upstream-target/release/upstream"
+. "$ROOT/bench/common.sh"
+build_bench
 
 PORT=19500
-. "$ROOT/bench/common.sh"
 bench_config "$PORT" >"$WORK/bench.yaml"
 
 NGX="$WORK/nginx-eq"

@@ -31,10 +31,8 @@ READ_TIMEOUT="${READ_TIMEOUT:-500ms}"
 UP_PORT=19820 HANG_PORT=19821
 mkdir -p "$WORK"
 
-cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
-CARGO_TARGET_DIR="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target" \
-  cargo build --release --manifest-path "$HARNESS/upstream/Cargo.toml" >&2
-UPSTREAM_BIN="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target/release/upstream"
+. "$ROOT/bench/common.sh"
+build_bench
 
 config() { # PORT ADMIN_PORT RETRIES_LINE
   cat <<YAML

@@ -28,10 +28,8 @@ CONNS="${CONNS:-64}"
 UP_PORT=19810 REDIS_PORT=19879
 mkdir -p "$WORK"
 
-cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
-CARGO_TARGET_DIR="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target" \
-  cargo build --release --manifest-path "$HARNESS/upstream/Cargo.toml" >&2
-UPSTREAM_BIN="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target/release/upstream"
+. "$ROOT/bench/common.sh"
+build_bench
 
 # An RS256 key and a token signed with it (openssl, so nothing here shares
 # code with the gateway).
@@ -45,7 +43,6 @@ sig=$(printf '%s.%s' "$head" "$body" | openssl dgst -sha256 -sign "$WORK/key.pem
 TOKEN="$head.$body.$sig"
 PEM_JSON=$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$WORK/pub.pem")
 
-. "$ROOT/bench/common.sh"
 export BENCH_UPSTREAM="127.0.0.1:$UP_PORT"
 redis_line="redis: { url: \"redis://127.0.0.1:$REDIS_PORT/0\" }"
 { bench_config 19811; echo "$redis_line"; } >"$WORK/plain.yaml"

@@ -18,16 +18,12 @@ WORK="${BENCH_WORK:-/tmp/portcullis-bench}/telemetry"
 BASE_REV="${BASE_REV:-c1c5032}"
 mkdir -p "$WORK"
 
-cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
 if [ ! -d "$WORK/baseline" ]; then
   git -C "$ROOT" worktree add --detach "$WORK/baseline" "$BASE_REV" >&2
 fi
 CARGO_TARGET_DIR="$WORK/baseline-target" cargo build --release --manifest-path "$WORK/baseline/Cargo.toml" >&2
-CARGO_TARGET_DIR="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target" \
-  cargo build --release --manifest-path "$HARNESS/upstream/Cargo.toml" >&2
-export UPSTREAM_BIN="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target/release/upstream"
-
 . "$ROOT/bench/common.sh"
+build_bench
 bench_config 19700 >"$WORK/plain.yaml"
 bench_config 19701 >"$WORK/metrics.yaml"
 bench_config 19702 "  access_log: { enabled: true, path: $WORK/access.log }" >"$WORK/log.yaml"
