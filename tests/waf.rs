@@ -126,3 +126,32 @@ fn waf_errors_are_named() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn encoded_bodies_are_never_inflated() {
+    // A gzip header and then bytes no inflater would accept: were the
+    // gateway (or its WAF) to decompress request bodies, this would fail or
+    // change; it passes through byte for byte, so a decompression bomb
+    // cannot expand inside the gateway.
+    let up = Upstream::start("u").await;
+    let gw = Gateway::start(&config(
+        &upstream("u", &up),
+        "  - name: api\n    match: {paths: [/api]}\n    upstream: u\n    plugins:\n      waf: {}\n",
+        "",
+    ));
+    let mut body = vec![0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0, 0x03];
+    body.extend((0..4096u32).map(|i| (i * 7 % 251) as u8));
+    let r = send(
+        &client_h1(),
+        req("POST", &gw.url("/api/upload"))
+            .header("content-type", "application/octet-stream")
+            .header("content-encoding", "gzip")
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.body_len, body.len());
+    assert_eq!(seen.headers["content-encoding"], "gzip");
+}
