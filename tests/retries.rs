@@ -65,7 +65,13 @@ async fn listed_statuses_are_retried_on_another_target_for_idempotent_methods_on
             b = bad.url(""),
             g = good.url()
         ),
-        &[route("get", "/get"), route("post", "/post"), route("put", "/put")].concat(),
+        &[
+            route("get", "/get"),
+            route("post", "/post"),
+            // A replay carries the upstream's path, not the client's.
+            format!("{}    rewrite: /replayed\n", route("put", "/put")),
+        ]
+        .concat(),
         "admin: {address: \"127.0.0.1:0\", token: t}\n",
     );
     let gw = Gateway::start(&yaml);
@@ -106,6 +112,7 @@ async fn listed_statuses_are_retried_on_another_target_for_idempotent_methods_on
     assert_eq!(small.status, 200);
     assert_eq!(good.last().method, "PUT");
     assert_eq!(good.last().body_len, 1000);
+    assert_eq!(good.last().uri, "/replayed");
     let before = good.count();
     let large = post_like(&client, "PUT", &gw.url("/put"), 100 * 1024).await;
     assert_eq!(

@@ -70,6 +70,8 @@ pub async fn forward(
     if policy.attempts > 0 {
         policy.budget.request();
     }
+    // The upstream's path (normalized, stripped, rewritten), in origin form.
+    parts.uri = Uri::from(pq);
     // A copy to send again after an attempt that may have reached the
     // upstream: only for idempotent methods, small bodies, and a policy
     // that retries such failures.
@@ -84,7 +86,6 @@ pub async fn forward(
     // HTTP/2 or HTTP/1.0 one may not have, and HTTP/1.1 upstreams need it.
     let needs_host = !(parts.version == Version::HTTP_11 || parts.headers.contains_key(HOST));
     let host = needs_host.then_some(call.host).flatten();
-    parts.uri = Uri::from(pq);
 
     // An open circuit: fail fast, the upstream receives nothing.
     let mut permit = acquire(upstream).ok_or(GatewayError::CircuitOpen)?;
