@@ -1,5 +1,5 @@
 //! The WAF measured against the OWASP CRS regression corpus
-//! (`../shared/corpus/crs-regression`) and a benign corpus of our own,
+//! (vendored in `tests/fixtures/crs-regression`) and a benign corpus of our own,
 //! through the real binary: one gateway per paranoia level, every corpus
 //! request sent as raw bytes over its own connection to 127.0.0.1.
 //!
@@ -96,7 +96,7 @@ fn raw_request(input: &Yaml) -> Option<Vec<u8>> {
 }
 
 fn load_corpus() -> Vec<Case> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/crs-regression");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crs-regression");
     let levels: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("paranoia-levels.json")).unwrap()).unwrap();
     let mut cases = Vec::new();
