@@ -78,6 +78,15 @@ pub fn fails(command: &str, yaml: &str) -> String {
     err
 }
 
+/// Runs `command` on `yaml` like [`fails`], and checks that each of
+/// `expected` is in its error output (each names a field and says why).
+pub fn fails_with(command: &str, yaml: &str, expected: &[&str]) {
+    let err = fails(command, yaml);
+    for e in expected {
+        assert!(err.contains(e), "{e} in\n{err}");
+    }
+}
+
 impl Gateway {
     /// Starts the gateway; listeners in `yaml` should use `127.0.0.1:0`.
     pub fn start(yaml: &str) -> Gateway {
