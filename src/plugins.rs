@@ -17,6 +17,7 @@ pub mod api_key;
 pub mod cors;
 pub mod hmac_auth;
 pub mod ip_restriction;
+pub mod json_ops;
 pub mod jwks;
 pub mod jwt;
 pub mod phantom_token;
@@ -187,7 +188,7 @@ impl Plugin {
             Plugin::RequestValidation(p) => p.check(req, body).await.map(|()| Flow::Continue),
             Plugin::RequestTransform(p) => {
                 p.apply(req);
-                Ok(Flow::Continue)
+                p.apply_body(req, body).await.map(|()| Flow::Continue)
             }
             Plugin::ResponseTransform(_) => Ok(Flow::Continue),
         }
@@ -510,14 +511,22 @@ fn instantiate(
         }
     }
     if let Some(c) = &cfg.request_transform {
-        out.push(Plugin::RequestTransform(Arc::new(
-            transform::RequestTransform::new(c),
-        )));
+        match transform::RequestTransform::new(c) {
+            Ok(p) => out.push(Plugin::RequestTransform(Arc::new(p))),
+            Err((field, message)) => errors.push(FieldError::new(
+                format!("{scope}.request_transform.{field}"),
+                message,
+            )),
+        }
     }
     if let Some(c) = &cfg.response_transform {
-        out.push(Plugin::ResponseTransform(Arc::new(
-            transform::ResponseTransform::new(c),
-        )));
+        match transform::ResponseTransform::new(c) {
+            Ok(p) => out.push(Plugin::ResponseTransform(Arc::new(p))),
+            Err((field, message)) => errors.push(FieldError::new(
+                format!("{scope}.response_transform.{field}"),
+                message,
+            )),
+        }
     }
     out
 }
@@ -652,6 +661,25 @@ impl Pipeline {
                     p.on_response(ctx, resp);
                 }
             }
+        }
+    }
+
+    /// The `response_transform` whose `json` edits apply to this request's
+    /// answer: the consumer's, else the route's (or the global one).
+    pub fn response_json(&self, ctx: &RequestCtx<'_>) -> Option<Arc<transform::ResponseTransform>> {
+        let find = |plugins: &'_ [Plugin]| -> Option<usize> {
+            plugins
+                .iter()
+                .position(|p| matches!(p, Plugin::ResponseTransform(_)))
+        };
+        let consumer = ctx.consumer.as_ref().filter(|c| !c.response.is_empty());
+        let chosen = match consumer.and_then(|c| find(&c.response).map(|i| &c.response[i])) {
+            Some(p) => Some(p),
+            None => find(&self.response).map(|i| &self.response[i]),
+        };
+        match chosen {
+            Some(Plugin::ResponseTransform(t)) if t.edits_json() => Some(t.clone()),
+            _ => None,
         }
     }
 

@@ -417,21 +417,9 @@ impl Validator {
         }
         if let Some(t) = request_transform {
             self.header_transform(&t.headers, &format!("{p}.request_transform.headers"));
-            if t.json.is_some() {
-                self.err(
-                    format!("{p}.request_transform.json"),
-                    not_yet("JSON body transforms are"),
-                );
-            }
         }
         if let Some(t) = response_transform {
             self.header_transform(&t.headers, &format!("{p}.response_transform.headers"));
-            if t.json.is_some() {
-                self.err(
-                    format!("{p}.response_transform.json"),
-                    not_yet("JSON body transforms are"),
-                );
-            }
         }
         if let Some(k) = api_key {
             if HeaderName::from_bytes(k.header.as_bytes()).is_err() {

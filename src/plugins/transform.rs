@@ -1,10 +1,19 @@
 //! `request_transform` and `response_transform`: header add/set/remove/rename
-//! and query add/remove. Applied in the order remove → rename → set → add,
-//! on the headers in place: no body is touched.
+//! and query add/remove, applied in the order remove → rename → set → add on
+//! the headers in place; and `json` edits of JSON bodies (`json_ops.rs`),
+//! the only case where a body is read whole (up to [`MAX_JSON_BODY`]).
 
-use http::{HeaderMap, HeaderName, HeaderValue, request, response};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, request, response};
+use http_body_util::BodyExt;
 
+use super::json_ops::{JsonOps, is_json};
+use crate::body::{RequestBody, ResponseBody};
 use crate::config::{HeaderTransformConfig, RequestTransformConfig, ResponseTransformConfig};
+use crate::error::GatewayError;
+
+/// The largest upstream JSON answer a `response_transform.json` reads; a
+/// larger one is a 502 (an allow-list never lets a body through unfiltered).
+pub const MAX_JSON_BODY: usize = 8 << 20;
 
 struct HeaderOps {
     remove: Vec<HeaderName>,
@@ -73,6 +82,7 @@ pub struct RequestTransform {
     headers: HeaderOps,
     query_add: Vec<(String, String)>,
     query_remove: Vec<String>,
+    json: Option<JsonOps>,
 }
 
 fn encode(s: &str) -> String {
@@ -88,8 +98,16 @@ fn encode(s: &str) -> String {
 }
 
 impl RequestTransform {
-    pub fn new(cfg: &RequestTransformConfig) -> Self {
-        RequestTransform {
+    /// Errors name the field under `request_transform`.
+    pub fn new(cfg: &RequestTransformConfig) -> Result<Self, (String, String)> {
+        let json = cfg
+            .json
+            .as_ref()
+            .map(JsonOps::new)
+            .transpose()
+            .map_err(|(f, e)| (format!("json.{f}"), e))?;
+        Ok(RequestTransform {
+            json,
             headers: HeaderOps::new(&cfg.headers),
             query_add: cfg
                 .query
@@ -98,7 +116,35 @@ impl RequestTransform {
                 .map(|(k, v)| (encode(k), encode(v)))
                 .collect(),
             query_remove: cfg.query.remove.iter().map(|k| encode(k)).collect(),
+        })
+    }
+
+    /// The `json` edits of a JSON request body (read whole within the
+    /// route's limit); other bodies are left to stream.
+    pub async fn apply_body(
+        &self,
+        req: &mut request::Parts,
+        body: &mut RequestBody,
+    ) -> Result<(), GatewayError> {
+        let Some(ops) = &self.json else { return Ok(()) };
+        if !is_json(req.headers.get(http::header::CONTENT_TYPE)) {
+            return Ok(());
         }
+        let data = body.read_whole().await?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&data).map_err(|_| GatewayError::BadRequest {
+                detail: "the body is labelled JSON but is not valid JSON",
+                close: false,
+            })?;
+        ops.apply(&mut doc);
+        let edited = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+        req.headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(edited.len()));
+        *body = RequestBody::full(edited);
+        Ok(())
     }
 
     pub fn apply(&self, req: &mut request::Parts) {
@@ -125,13 +171,54 @@ impl RequestTransform {
 
 pub struct ResponseTransform {
     headers: HeaderOps,
+    json: Option<JsonOps>,
 }
 
 impl ResponseTransform {
-    pub fn new(cfg: &ResponseTransformConfig) -> Self {
-        ResponseTransform {
+    /// Errors name the field under `response_transform`.
+    pub fn new(cfg: &ResponseTransformConfig) -> Result<Self, (String, String)> {
+        Ok(ResponseTransform {
             headers: HeaderOps::new(&cfg.headers),
+            json: cfg
+                .json
+                .as_ref()
+                .map(JsonOps::new)
+                .transpose()
+                .map_err(|(f, e)| (format!("json.{f}"), e))?,
+        })
+    }
+
+    /// Whether it edits JSON answers (their bodies must be read).
+    pub fn edits_json(&self) -> bool {
+        self.json.is_some()
+    }
+
+    /// The `json` edits of a JSON answer, read whole (at most
+    /// [`MAX_JSON_BODY`]); other answers go on streaming.
+    pub async fn apply_body(
+        &self,
+        resp: Response<ResponseBody>,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let Some(ops) = &self.json else { return Ok(resp) };
+        if !is_json(resp.headers().get(http::header::CONTENT_TYPE)) {
+            return Ok(resp);
         }
+        let (mut parts, body) = resp.into_parts();
+        let data = http_body_util::Limited::new(body, MAX_JSON_BODY)
+            .collect()
+            .await
+            .map_err(|e| GatewayError::UpstreamProtocol(format!("reading a JSON answer to transform: {e}")))?
+            .to_bytes();
+        let mut doc: serde_json::Value = serde_json::from_slice(&data).map_err(|e| {
+            GatewayError::UpstreamProtocol(format!("an answer labelled JSON is not JSON: {e}"))
+        })?;
+        ops.apply(&mut doc);
+        let edited = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+        parts.headers.remove(http::header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(edited.len()));
+        Ok(Response::from_parts(parts, ResponseBody::full(edited)))
     }
 
     pub fn apply(&self, resp: &mut response::Parts) {
@@ -155,7 +242,7 @@ mod tests {
             add: [("v".to_string(), "a b".to_string())].into(),
             remove: vec!["debug".into()],
         };
-        let t = RequestTransform::new(&cfg);
+        let t = RequestTransform::new(&cfg).unwrap();
         let (mut parts, ()) = http::Request::builder()
             .uri("/x?debug=1&keep=2")
             .header("x-secret", "s")

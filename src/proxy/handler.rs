@@ -311,6 +311,10 @@ async fn process(
             super::forward::forward(call, parts, pq, body, ex).await?
         }
     };
+    let resp = match route.pipeline.response_json(&ctx) {
+        Some(t) => t.apply_body(resp).await?,
+        None => resp,
+    };
     let (mut resp_parts, resp_body) = resp.into_parts();
     route.pipeline.on_response(&ctx, &mut resp_parts);
     Ok(Response::from_parts(resp_parts, resp_body))
