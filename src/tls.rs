@@ -29,14 +29,8 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Every certificate in a PEM file, in order.
 pub fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {path}: {e}"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{path}: not a PEM certificate file: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{path}: no certificate in it"));
-    }
-    Ok(certs)
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    certs_from(&pem, path)
 }
 
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).

@@ -4,7 +4,6 @@
 
 mod support;
 
-use bytes::Bytes;
 use http_body_util::Full;
 use support::*;
 
@@ -21,14 +20,7 @@ async fn echo() -> Service {
 }
 
 async fn post(gw: &Gateway, path: &str, content_type: &str, body: &str) -> Resp {
-    send(
-        &client_h1(),
-        req("POST", &gw.url(path))
-            .header("content-type", content_type)
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap(),
-    )
-    .await
+    post_as(&gw.url(path), Some(content_type), body).await
 }
 
 #[tokio::test]

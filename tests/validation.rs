@@ -4,22 +4,12 @@
 
 mod support;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use support::*;
 
 const SCHEMA: &str = r#"{type: object, required: [name, qty], additionalProperties: false, properties: {name: {type: string, minLength: 1}, qty: {type: integer, minimum: 1}, items: {type: array, items: {type: object, required: [sku], properties: {sku: {type: string}}}}}}"#;
 
 async fn post(gw: &Gateway, path: &str, content_type: Option<&str>, body: &str) -> Resp {
-    let mut b = req("POST", &gw.url(path));
-    if let Some(t) = content_type {
-        b = b.header("content-type", t);
-    }
-    send(
-        &client_h1(),
-        b.body(Full::new(Bytes::from(body.to_string()))).unwrap(),
-    )
-    .await
+    post_as(&gw.url(path), content_type, body).await
 }
 
 #[tokio::test]

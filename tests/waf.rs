@@ -9,14 +9,7 @@ use http_body_util::Full;
 use support::*;
 
 async fn post(gw: &Gateway, path: &str, content_type: &str, body: &str) -> Resp {
-    send(
-        &client_h1(),
-        req("POST", &gw.url(path))
-            .header("content-type", content_type)
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap(),
-    )
-    .await
+    post_as(&gw.url(path), Some(content_type), body).await
 }
 
 #[tokio::test]

@@ -38,19 +38,16 @@ impl JsonOps {
     /// Errors name the field under `json`.
     pub fn new(cfg: &crate::config::JsonTransformConfig) -> Result<JsonOps, (String, String)> {
         let one = |field: String, p: &str| Pointer::parse(p).map_err(|e| (field, e));
+        let list = |name: &str, items: &[String]| {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, p)| one(format!("{name}[{i}]"), p))
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(JsonOps {
-            allow: cfg
-                .allow
-                .iter()
-                .enumerate()
-                .map(|(i, p)| one(format!("allow[{i}]"), p))
-                .collect::<Result<_, _>>()?,
-            remove: cfg
-                .remove
-                .iter()
-                .enumerate()
-                .map(|(i, p)| one(format!("remove[{i}]"), p))
-                .collect::<Result<_, _>>()?,
+            allow: list("allow", &cfg.allow)?,
+            remove: list("remove", &cfg.remove)?,
             rename: cfg
                 .rename
                 .iter()

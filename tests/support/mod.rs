@@ -573,6 +573,19 @@ pub async fn post_bytes(client: &TestClient, url: &str, n: usize) -> Resp {
     .await
 }
 
+/// POSTs `body` to `url`, labelled `content_type` when given.
+pub async fn post_as(url: &str, content_type: Option<&str>, body: &str) -> Resp {
+    let mut b = req("POST", url);
+    if let Some(t) = content_type {
+        b = b.header("content-type", t);
+    }
+    send(
+        &client_h1(),
+        b.body(Full::new(Bytes::from(body.to_string()))).unwrap(),
+    )
+    .await
+}
+
 pub fn req(method: &str, url: &str) -> http::request::Builder {
     Request::builder().method(method).uri(url)
 }
