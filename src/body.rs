@@ -197,6 +197,9 @@ impl Body for RequestBody {
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    /// A body a response phase rewrites as it streams (compression, a
+    /// cache recording it).
+    Wrapped(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
 }
 
 /// An upstream's response body on its way to the client.
@@ -215,6 +218,10 @@ pub struct UpstreamBody {
 impl ResponseBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
         ResponseBody::Full(Some(data.into()))
+    }
+
+    pub fn wrap(body: impl Body<Data = Bytes, Error = BoxError> + Send + 'static) -> Self {
+        ResponseBody::Wrapped(http_body_util::combinators::UnsyncBoxBody::new(body))
     }
 
     /// Streams an upstream body; each chunk must arrive within `read_timeout`
@@ -287,6 +294,7 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Err(Box::new(ReadTimeout))))
                 }
             },
+            ResponseBody::Wrapped(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -294,6 +302,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(data) => data.is_none(),
             ResponseBody::Upstream(up) => up.inner.is_end_stream(),
+            ResponseBody::Wrapped(body) => body.is_end_stream(),
         }
     }
 
@@ -301,6 +310,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             ResponseBody::Upstream(up) => up.inner.size_hint(),
+            ResponseBody::Wrapped(body) => body.size_hint(),
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod acl;
 pub mod api_key;
+pub mod compression;
 pub mod cors;
 pub mod hmac_auth;
 pub mod ip_restriction;
@@ -124,6 +125,7 @@ pub enum Plugin {
     RequestValidation(Arc<request_validation::RequestValidation>),
     RequestTransform(Arc<transform::RequestTransform>),
     ResponseTransform(Arc<transform::ResponseTransform>),
+    Compression(Arc<compression::Compression>),
 }
 
 impl Plugin {
@@ -141,6 +143,7 @@ impl Plugin {
             Plugin::RateLimit(_) => "rate_limit",
             Plugin::RequestTransform(_) => "request_transform",
             Plugin::ResponseTransform(_) => "response_transform",
+            Plugin::Compression(_) => "compression",
         }
     }
 
@@ -155,6 +158,7 @@ impl Plugin {
             Plugin::RequestValidation(_) => Phase::RequestValidation,
             Plugin::RequestTransform(_) => Phase::RequestTransform,
             Plugin::ResponseTransform(_) => Phase::ResponseTransform,
+            Plugin::Compression(_) => Phase::Compression,
         }
     }
 
@@ -190,7 +194,7 @@ impl Plugin {
                 p.apply(req);
                 p.apply_body(req, body).await.map(|()| Flow::Continue)
             }
-            Plugin::ResponseTransform(_) => Ok(Flow::Continue),
+            Plugin::ResponseTransform(_) | Plugin::Compression(_) => Ok(Flow::Continue),
         }
     }
 
@@ -207,7 +211,8 @@ impl Plugin {
             | Plugin::Acl(_)
             | Plugin::RateLimit(_)
             | Plugin::RequestValidation(_)
-            | Plugin::RequestTransform(_) => {}
+            | Plugin::RequestTransform(_)
+            | Plugin::Compression(_) => {}
         }
     }
 }
@@ -528,6 +533,14 @@ fn instantiate(
             )),
         }
     }
+    if let Some(c) = &cfg.compression {
+        match compression::Compression::new(c) {
+            Ok(p) => out.push(Plugin::Compression(Arc::new(p))),
+            Err((field, message)) => {
+                errors.push(FieldError::new(format!("{scope}.compression.{field}"), message))
+            }
+        }
+    }
     out
 }
 
@@ -664,23 +677,36 @@ impl Pipeline {
         }
     }
 
-    /// The `response_transform` whose `json` edits apply to this request's
-    /// answer: the consumer's, else the route's (or the global one).
-    pub fn response_json(&self, ctx: &RequestCtx<'_>) -> Option<Arc<transform::ResponseTransform>> {
-        let find = |plugins: &'_ [Plugin]| -> Option<usize> {
-            plugins
-                .iter()
-                .position(|p| matches!(p, Plugin::ResponseTransform(_)))
-        };
+    /// The response-phase plugin `pick` selects for this request: the
+    /// consumer's, else the route's (or the global one).
+    fn response_plugin<T>(
+        &self,
+        ctx: &RequestCtx<'_>,
+        pick: impl Fn(&Plugin) -> Option<&Arc<T>>,
+    ) -> Option<Arc<T>> {
         let consumer = ctx.consumer.as_ref().filter(|c| !c.response.is_empty());
-        let chosen = match consumer.and_then(|c| find(&c.response).map(|i| &c.response[i])) {
-            Some(p) => Some(p),
-            None => find(&self.response).map(|i| &self.response[i]),
-        };
-        match chosen {
-            Some(Plugin::ResponseTransform(t)) if t.edits_json() => Some(t.clone()),
+        consumer
+            .and_then(|c| c.response.iter().find_map(&pick))
+            .or_else(|| self.response.iter().find_map(&pick))
+            .cloned()
+    }
+
+    /// The `response_transform` whose `json` edits apply to this request's
+    /// answer.
+    pub fn response_json(&self, ctx: &RequestCtx<'_>) -> Option<Arc<transform::ResponseTransform>> {
+        self.response_plugin(ctx, |p| match p {
+            Plugin::ResponseTransform(t) => Some(t),
             _ => None,
-        }
+        })
+        .filter(|t| t.edits_json())
+    }
+
+    /// The `compression` that applies to this request's answer.
+    pub fn compression(&self, ctx: &RequestCtx<'_>) -> Option<Arc<compression::Compression>> {
+        self.response_plugin(ctx, |p| match p {
+            Plugin::Compression(c) => Some(c),
+            _ => None,
+        })
     }
 
     /// Plugin names in run order.

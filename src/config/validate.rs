@@ -407,7 +407,7 @@ impl Validator {
             request_transform,
             cache,
             response_transform,
-            compression,
+            compression: _,
         } = plugins;
         if let Some(ip) = ip_restriction
             && ip.allow.is_empty()
@@ -438,7 +438,7 @@ impl Validator {
         {
             self.err(format!("{p}.acl"), "needs `allow` or `deny`");
         }
-        let unbuilt = [("cache", cache.is_some()), ("compression", compression.is_some())];
+        let unbuilt = [("cache", cache.is_some())];
         for (name, present) in unbuilt {
             if present {
                 self.err(

@@ -233,6 +233,8 @@ async fn process(
         .as_mut()
         .and_then(|l| l.bytes_in.counter(&body.size_hint()));
     let mut body = RequestBody::new(body, route.max_body, bytes_in);
+    // What the client accepts, before a request transform edits it for the upstream.
+    let accept_encoding = crate::plugins::compression::accept_encoding(&parts.headers);
     let flow = route.pipeline.on_request(&mut ctx, &mut parts, &mut body).await;
     ex.quota = ctx.quota;
     ex.cors = ctx.cors.take();
@@ -317,7 +319,11 @@ async fn process(
     };
     let (mut resp_parts, resp_body) = resp.into_parts();
     route.pipeline.on_response(&ctx, &mut resp_parts);
-    Ok(Response::from_parts(resp_parts, resp_body))
+    let resp = Response::from_parts(resp_parts, resp_body);
+    Ok(match route.pipeline.compression(&ctx) {
+        Some(c) => c.apply(accept_encoding.as_ref(), resp),
+        None => resp,
+    })
 }
 
 /// The path and query sent upstream. Reuses the client's (no copy) unless
