@@ -14,6 +14,7 @@
 
 pub mod acl;
 pub mod api_key;
+pub mod cache;
 pub mod compression;
 pub mod cors;
 pub mod hmac_auth;
@@ -124,6 +125,7 @@ pub enum Plugin {
     RateLimit(Arc<rate_limit::RateLimit>),
     RequestValidation(Arc<request_validation::RequestValidation>),
     RequestTransform(Arc<transform::RequestTransform>),
+    Cache(Arc<cache::Cache>),
     ResponseTransform(Arc<transform::ResponseTransform>),
     Compression(Arc<compression::Compression>),
 }
@@ -142,6 +144,7 @@ impl Plugin {
             Plugin::RequestValidation(_) => "request_validation",
             Plugin::RateLimit(_) => "rate_limit",
             Plugin::RequestTransform(_) => "request_transform",
+            Plugin::Cache(_) => "cache",
             Plugin::ResponseTransform(_) => "response_transform",
             Plugin::Compression(_) => "compression",
         }
@@ -157,6 +160,7 @@ impl Plugin {
             Plugin::RateLimit(_) => Phase::RateLimit,
             Plugin::RequestValidation(_) => Phase::RequestValidation,
             Plugin::RequestTransform(_) => Phase::RequestTransform,
+            Plugin::Cache(_) => Phase::Cache,
             Plugin::ResponseTransform(_) => Phase::ResponseTransform,
             Plugin::Compression(_) => Phase::Compression,
         }
@@ -194,7 +198,8 @@ impl Plugin {
                 p.apply(req);
                 p.apply_body(req, body).await.map(|()| Flow::Continue)
             }
-            Plugin::ResponseTransform(_) | Plugin::Compression(_) => Ok(Flow::Continue),
+            // The cache decides around the upstream call (`Pipeline::cache`).
+            Plugin::Cache(_) | Plugin::ResponseTransform(_) | Plugin::Compression(_) => Ok(Flow::Continue),
         }
     }
 
@@ -212,6 +217,7 @@ impl Plugin {
             | Plugin::RateLimit(_)
             | Plugin::RequestValidation(_)
             | Plugin::RequestTransform(_)
+            | Plugin::Cache(_)
             | Plugin::Compression(_) => {}
         }
     }
@@ -255,6 +261,9 @@ pub struct Shared {
     jwks: Carried<jwks::Jwks>,
     /// `store: local` rate-limit counts, by the policy and its place.
     limits: Carried<rate_limit::LocalCounts>,
+    /// Cache stores, by kind and size: every route using one shares it, and
+    /// what is cached survives a reload.
+    caches: Carried<cache::Store>,
 }
 
 /// State that outlives a reload when the config that made it is unchanged
@@ -338,6 +347,7 @@ impl Shared {
             redis,
             jwks: Carried::after(previous.map(|p| &p.jwks)),
             limits: Carried::after(previous.map(|p| &p.limits)),
+            caches: Carried::after(previous.map(|p| &p.caches)),
             ..Shared::default()
         };
         (shared, errors)
@@ -395,6 +405,7 @@ impl Shared {
     pub fn finish(&self) {
         self.jwks.finish();
         self.limits.finish();
+        self.caches.finish();
     }
 
     /// Starts the background work of a runtime put in force (key set
@@ -522,6 +533,28 @@ fn instantiate(
                 format!("{scope}.request_transform.{field}"),
                 message,
             )),
+        }
+    }
+    if let Some(c) = &cfg.cache {
+        let memory = |max_bytes: u64| {
+            let key = format!("memory:{max_bytes}");
+            shared
+                .caches
+                .get_or_make(&key, || Ok::<_, ()>(cache::Store::memory(max_bytes)))
+                .unwrap_or_else(|()| Arc::new(cache::Store::memory(max_bytes)))
+        };
+        let redis = shared.redis.as_ref().map(|r| {
+            move || {
+                let key = format!("redis:{:p}", Arc::as_ptr(r));
+                shared
+                    .caches
+                    .get_or_make(&key, || Ok::<_, ()>(cache::Store::redis(r.clone())))
+                    .unwrap_or_else(|()| Arc::new(cache::Store::redis(r.clone())))
+            }
+        });
+        match cache::Cache::new(c, memory, redis) {
+            Ok(p) => out.push(Plugin::Cache(Arc::new(p))),
+            Err((field, message)) => errors.push(FieldError::new(format!("{scope}.cache.{field}"), message)),
         }
     }
     if let Some(c) = &cfg.response_transform {
@@ -689,6 +722,19 @@ impl Pipeline {
             .and_then(|c| c.response.iter().find_map(&pick))
             .or_else(|| self.response.iter().find_map(&pick))
             .cloned()
+    }
+
+    /// The `cache` that applies to this request (the consumer's, else the
+    /// route's or the global one).
+    pub fn cache(&self, ctx: &RequestCtx<'_>) -> Option<Arc<cache::Cache>> {
+        let pick = |p: &Plugin| match p {
+            Plugin::Cache(c) => Some(c.clone()),
+            _ => None,
+        };
+        let consumer = ctx.consumer.as_ref().filter(|c| !c.request.is_empty());
+        consumer
+            .and_then(|c| c.request.iter().find_map(pick))
+            .or_else(|| self.request.iter().find_map(pick))
     }
 
     /// The `response_transform` whose `json` edits apply to this request's

@@ -405,7 +405,7 @@ impl Validator {
             acl,
             rate_limit: _,
             request_transform,
-            cache,
+            cache: _,
             response_transform,
             compression: _,
         } = plugins;
@@ -437,15 +437,6 @@ impl Validator {
             && a.deny.is_empty()
         {
             self.err(format!("{p}.acl"), "needs `allow` or `deny`");
-        }
-        let unbuilt = [("cache", cache.is_some())];
-        for (name, present) in unbuilt {
-            if present {
-                self.err(
-                    format!("{p}.{name}"),
-                    format!("plugin `{name}` is not supported yet"),
-                );
-            }
         }
     }
 }

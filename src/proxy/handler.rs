@@ -22,12 +22,13 @@ use super::forwarded;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Protocol;
 use crate::error::GatewayError;
+use crate::plugins::cache::Plan;
 use crate::plugins::{Flow, RequestCtx};
 use crate::router::path;
 use crate::router::{Lookup, RouteRequest};
 use crate::snapshot::{Action, Runtime};
 use crate::telemetry::access_log::Line;
-use crate::telemetry::metrics::{Name, PluginLabels, RouteLabel, RuleLabels};
+use crate::telemetry::metrics::{Name, PluginLabels, RouteLabel, RouteResultLabels, RuleLabels};
 use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::{self, Exchange};
 
@@ -303,14 +304,42 @@ async fn process(
                     .headers
                     .insert(http::header::TE, HeaderValue::from_static("trailers"));
             }
-            let call = super::forward::Call {
-                route,
-                upstream,
-                ctx: &ctx,
-                host,
-                deadline,
+            let plan = match route.pipeline.cache(&ctx) {
+                Some(cache) => {
+                    // As routes see it: lower case, no port.
+                    let cache_host = host.as_ref().map(|h| route_host(h.as_str()));
+                    let client_path = normalized.as_deref().unwrap_or(parts.uri.path());
+                    let plan = cache
+                        .plan(&ctx, &parts, cache_host.as_deref().unwrap_or(""), client_path)
+                        .await;
+                    telemetry::metrics()
+                        .cache_requests
+                        .get_or_create(&RouteResultLabels {
+                            route: Name(route.name.clone()),
+                            result: plan.outcome().label(),
+                        })
+                        .inc();
+                    Some(plan)
+                }
+                None => None,
             };
-            super::forward::forward(call, parts, pq, body, ex).await?
+            match plan {
+                Some(Plan::Hit(resp)) => resp,
+                plan => {
+                    let call = super::forward::Call {
+                        route,
+                        upstream,
+                        ctx: &ctx,
+                        host,
+                        deadline,
+                    };
+                    let resp = super::forward::forward(call, parts, pq, body, ex).await?;
+                    match plan {
+                        Some(plan) => plan.finish(resp).await,
+                        None => resp,
+                    }
+                }
+            }
         }
     };
     let resp = match route.pipeline.response_json(&ctx) {
