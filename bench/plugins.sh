@@ -10,6 +10,11 @@
 #   rl-local   `rate_limit`, token bucket, `store: local`, key [ip] (never trips)
 #   rl-redis   the same with `store: redis` (one Lua script run per request)
 #   rl-hybrid  the same with `store: hybrid` (synced every 100 ms)
+#   cache-mem  `cache`, `store: memory`: every request after the first a hit
+#   cache-redis `cache`, `store: redis`: a hit is one HGET
+#
+# (The cache targets send `X-Bench` instead of `Authorization`, which would
+# make every request a BYPASS.)
 #
 #   TARGETS="plain rl-local" bench/plugins.sh     # a subset (plain is the base)
 #
@@ -52,6 +57,8 @@ never_trips="rate: 1000000/s, burst: 1000000, key: [ip]"
 { bench_config 19814 "" "{ rate_limit: { $never_trips } }"; echo "$redis_line"; } >"$WORK/rl-local.yaml"
 { bench_config 19815 "" "{ rate_limit: { $never_trips, store: redis, on_store_error: deny } }"; echo "$redis_line"; } >"$WORK/rl-redis.yaml"
 { bench_config 19816 "" "{ rate_limit: { $never_trips, store: hybrid, sync_interval: 100ms } }"; echo "$redis_line"; } >"$WORK/rl-hybrid.yaml"
+{ bench_config 19817 "" "{ cache: { ttl: 1h } }"; echo "$redis_line"; } >"$WORK/cache-mem.yaml"
+{ bench_config 19818 "" "{ cache: { ttl: 1h, store: redis } }"; echo "$redis_line"; } >"$WORK/cache-redis.yaml"
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
@@ -63,8 +70,12 @@ pids+=($!)
 sleep 0.5
 redis-cli -p $REDIS_PORT SET phantom:bench-opaque "$TOKEN" EX 86400 >/dev/null
 
-declare -A port=([plain]=19811 [jwt]=19812 [phantom]=19813 [rl-local]=19814 [rl-redis]=19815 [rl-hybrid]=19816)
-declare -A bearer=([plain]="$TOKEN" [jwt]="$TOKEN" [phantom]="bench-opaque" [rl-local]="$TOKEN" [rl-redis]="$TOKEN" [rl-hybrid]="$TOKEN")
+declare -A port=([plain]=19811 [jwt]=19812 [phantom]=19813 [rl-local]=19814 [rl-redis]=19815 [rl-hybrid]=19816 [cache-mem]=19817 [cache-redis]=19818)
+declare -A header
+for n in plain jwt rl-local rl-redis rl-hybrid; do header[$n]="Authorization: Bearer $TOKEN"; done
+header[phantom]="Authorization: Bearer bench-opaque"
+header[cache-mem]="X-Bench: $TOKEN"
+header[cache-redis]="X-Bench: $TOKEN"
 read -r -a names <<<"${TARGETS:-plain jwt phantom rl-local rl-redis rl-hybrid}"
 [ "${names[0]}" = plain ] || names=(plain "${names[@]}")
 for n in "${names[@]}"; do
@@ -73,19 +84,19 @@ for n in "${names[@]}"; do
 done
 for n in "${names[@]}"; do
   for _ in $(seq 100); do
-    curl -fsS -o /dev/null -H "Authorization: Bearer ${bearer[$n]}" "http://127.0.0.1:${port[$n]}/anything" && break
+    curl -fsS -o /dev/null -H "${header[$n]}" "http://127.0.0.1:${port[$n]}/anything" && break
     sleep 0.1
   done
-  status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${bearer[$n]}" "http://127.0.0.1:${port[$n]}/anything")
+  status=$(curl -s -o /dev/null -w '%{http_code}' -H "${header[$n]}" "http://127.0.0.1:${port[$n]}/anything")
   [ "$status" = 200 ] || { echo "$n answers $status" >&2; cat "$WORK/$n.log" >&2; exit 1; }
   # Warm-up (and the one cold lookup or verification).
-  taskset -c 0 wrk -t1 -c"$CONNS" -d2s -H "Authorization: Bearer ${bearer[$n]}" "http://127.0.0.1:${port[$n]}/anything" >/dev/null
+  taskset -c 0 wrk -t1 -c"$CONNS" -d2s -H "${header[$n]}" "http://127.0.0.1:${port[$n]}/anything" >/dev/null
 done
 
 declare -A results
 for r in $(seq "$ROUNDS"); do
   for n in "${names[@]}"; do
-    rps=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Authorization: Bearer ${bearer[$n]}" \
+    rps=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "${header[$n]}" \
       "http://127.0.0.1:${port[$n]}/anything" | awk '/Requests\/sec/ {print $2}')
     results[$n]+="$rps "
     echo "round $r $n: $rps req/s" >&2
@@ -94,8 +105,8 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 plain=$(echo "${results[plain]}" | median)
-printf '%-8s %12s %8s\n' target 'req/s (med)' ratio
+printf '%-12s %12s %8s\n' target 'req/s (med)' ratio
 for n in "${names[@]}"; do
   m=$(echo "${results[$n]}" | median)
-  printf '%-8s %12.0f %8.3f\n' "$n" "$m" "$(echo "$m / $plain" | bc -l)"
+  printf '%-12s %12.0f %8.3f\n' "$n" "$m" "$(echo "$m / $plain" | bc -l)"
 done

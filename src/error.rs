@@ -47,6 +47,8 @@ pub enum GatewayError {
     UpstreamProtocol(String),
     /// 504: the upstream or the route deadline timed out.
     GatewayTimeout,
+    /// 502: a required call of an `aggregate` route failed (`why` as in `_errors`).
+    AggregateFailed { call: String, why: String },
     /// 503: the upstream's circuit is open; nothing was sent.
     CircuitOpen,
     /// 503: every target of the upstream is ejected; nothing was sent.
@@ -76,7 +78,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamConnect(_)
+            | GatewayError::UpstreamProtocol(_)
+            | GatewayError::AggregateFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -96,7 +100,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => "method-not-allowed",
             GatewayError::PayloadTooLarge { .. } => "payload-too-large",
             GatewayError::HeadersTooLarge { .. } => "headers-too-large",
-            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamProtocol(_) => "bad-gateway",
+            GatewayError::UpstreamConnect(_)
+            | GatewayError::UpstreamProtocol(_)
+            | GatewayError::AggregateFailed { .. } => "bad-gateway",
             GatewayError::GatewayTimeout => "gateway-timeout",
             GatewayError::Unavailable { .. } => "service-unavailable",
             GatewayError::RateLimited { .. } => "rate-limited",
@@ -131,6 +137,9 @@ impl GatewayError {
             }
             GatewayError::UpstreamProtocol(_) => "the upstream service sent an invalid response".into(),
             GatewayError::GatewayTimeout => "the upstream service did not answer in time".into(),
+            GatewayError::AggregateFailed { call, why } => {
+                format!("the required call `{call}` failed ({why})")
+            }
             GatewayError::Unavailable { .. } => {
                 "the gateway cannot check this request's credentials right now; try again later".into()
             }
@@ -150,6 +159,7 @@ impl GatewayError {
         match self {
             GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_)
+            | GatewayError::AggregateFailed { .. }
             | GatewayError::GatewayTimeout => Side::Upstream,
             GatewayError::Unavailable { .. } => Side::Gateway,
             _ => Side::Downstream,

@@ -69,6 +69,8 @@ pub struct RequestCtx<'r> {
     pub cors: Option<cors::CorsAnswer>,
     /// When the route's `timeout` runs out.
     pub deadline: tokio::time::Instant,
+    /// Set by `jwt`: the verified token's claims (aggregate templates).
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// A known caller (`consumers[]`), with its own plugins.

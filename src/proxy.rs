@@ -2,6 +2,7 @@
 //! runs through `handler` (checks → router → plugin phases → upstream
 //! (`forward`, with retries) → response phases), with the forwarding headers of `forwarded`.
 
+pub mod aggregate;
 pub mod forward;
 pub mod forwarded;
 pub mod framing;

@@ -104,7 +104,7 @@ impl Route {
     pub fn upstream(&self) -> Option<&Upstream> {
         match &self.action {
             Action::Proxy { upstream, .. } => Some(upstream),
-            Action::Respond { .. } => None,
+            Action::Respond { .. } | Action::Aggregate(_) => None,
         }
     }
 }
@@ -120,6 +120,7 @@ pub enum Action {
         headers: HeaderMap,
         body: Bytes,
     },
+    Aggregate(Box<crate::proxy::aggregate::Aggregate>),
 }
 
 /// A `rewrite` template: literal text and `{name}` captures.
@@ -280,6 +281,20 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
                 status: StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK),
                 headers,
                 body: Bytes::from(resp.body.clone()),
+            }
+        } else if let Some(agg) = &r.aggregate {
+            // Captures every path of the route has: the ones a call may use.
+            let mut captures = patterns.first().map(|p| p.captures()).unwrap_or_default();
+            captures.retain(|c| patterns.iter().all(|p| p.captures().contains(c)));
+            match crate::proxy::aggregate::Aggregate::new(
+                agg,
+                &upstreams,
+                &captures,
+                &format!("{p}.aggregate"),
+                &mut errors,
+            ) {
+                Some(a) => Action::Aggregate(Box::new(a)),
+                None => continue,
             }
         } else if let Some(up) = r.upstream.as_ref().and_then(|u| upstreams.get(u)) {
             Action::Proxy {

@@ -101,6 +101,25 @@ impl Exchange {
         }
     }
 
+    /// The record of one of this request's own upstream calls (an
+    /// aggregate's): counted in upstream metrics, not logged or traced apart.
+    pub fn sub_request(&self) -> Exchange {
+        Exchange {
+            start: self.start,
+            method: Method::GET,
+            peer: self.peer,
+            status: 0,
+            route: self.route,
+            target: None,
+            upstream_time: None,
+            upstream_status: None,
+            quota: None,
+            cors: None,
+            trace: None,
+            log: None,
+        }
+    }
+
     /// When the request arrived.
     pub fn started(&self) -> Instant {
         self.start

@@ -315,8 +315,16 @@ impl Validator {
             };
             self.err(format!("{p}.upstream"), msg);
         }
-        if r.aggregate.is_some() {
-            self.err(format!("{p}.aggregate"), not_yet("aggregate routes are"));
+        if let Some(a) = &r.aggregate {
+            for (name, c) in &a.calls {
+                if !upstreams.contains(&c.upstream.as_str()) {
+                    let msg = match did_you_mean(&c.upstream, upstreams.iter().copied()) {
+                        Some(s) => format!("unknown upstream `{}` (did you mean `{s}`?)", c.upstream),
+                        None => format!("unknown upstream `{}`", c.upstream),
+                    };
+                    self.err(format!("{p}.aggregate.calls.{name}.upstream"), msg);
+                }
+            }
         }
         if r.grpc_transcode.is_some() {
             self.err(format!("{p}.grpc_transcode"), not_yet("gRPC transcoding is"));

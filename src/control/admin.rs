@@ -467,7 +467,12 @@ fn routes_using(state: &State, name: &str) -> Vec<String> {
         .config
         .routes
         .iter()
-        .filter(|r| r.upstream.as_deref() == Some(name))
+        .filter(|r| {
+            r.upstream.as_deref() == Some(name)
+                || r.aggregate
+                    .as_ref()
+                    .is_some_and(|a| a.calls.values().any(|c| c.upstream == name))
+        })
         .map(|r| r.name.clone())
         .collect()
 }

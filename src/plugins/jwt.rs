@@ -67,6 +67,7 @@ struct Verified {
     until: u64,
     consumer: Option<Arc<Consumer>>,
     headers: Box<[(HeaderName, HeaderValue)]>,
+    claims: Arc<Map<String, Value>>,
 }
 
 struct UntilExpiry;
@@ -185,6 +186,7 @@ impl Jwt {
             }
         };
         ctx.consumer.clone_from(&verified.consumer);
+        ctx.claims = Some(verified.claims.clone());
         for (name, value) in verified.headers.iter() {
             req.headers.insert(name.clone(), value.clone());
         }
@@ -322,6 +324,7 @@ impl Jwt {
             until,
             consumer,
             headers,
+            claims: Arc::new(claims.clone()),
         })
     }
 }

@@ -228,6 +228,7 @@ async fn process(
         cors: None,
         // The route's deadline counts from the request's arrival.
         deadline: Instant::from_std(ex.started()) + route.timeout,
+        claims: None,
     };
     let bytes_in = ex
         .log
@@ -282,6 +283,16 @@ async fn process(
             *resp.status_mut() = *status;
             *resp.headers_mut() = headers.clone();
             resp
+        }
+        Action::Aggregate(agg) => {
+            let path = normalized.as_deref().unwrap_or(parts.uri.path());
+            let captures = rt.table.captures(&m, path);
+            let values = crate::proxy::aggregate::Values {
+                captures: &captures,
+                req: &parts,
+                ctx: &ctx,
+            };
+            agg.run(route, &values, ex).await?
         }
         Action::Proxy {
             upstream,

@@ -283,7 +283,7 @@ pub struct Seen {
 }
 
 /// A real HTTP upstream on 127.0.0.1:0 (HTTP/1.1 and h2c). Paths:
-/// `/delay/MS`, `/status/CODE`, `/bytes/N` (streamed in 1 KiB chunks),
+/// `/delay/MS` (`?json`: then the echo), `/status/CODE`, `/bytes/N` (streamed in 1 KiB chunks),
 /// `/slow-body/MS` (headers now, body after MS), anything else echoes the
 /// request as JSON. Every answer carries `x-upstream: NAME`.
 pub struct Upstream {
@@ -411,7 +411,12 @@ async fn upstream_answer(
     requests.lock().unwrap().push(seen.clone());
     let path = parts.uri.path().to_string();
     let mut parts_iter = path.trim_start_matches('/').splitn(2, '/');
-    let (kind, arg) = (parts_iter.next().unwrap_or(""), parts_iter.next().unwrap_or(""));
+    let (mut kind, arg) = (parts_iter.next().unwrap_or(""), parts_iter.next().unwrap_or(""));
+    // `/delay/MS?json`: the echo below, after the delay.
+    if kind == "delay" && parts.uri.query() == Some("json") {
+        tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(0))).await;
+        kind = "";
+    }
     let mut resp = match kind {
         "delay" => {
             tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(0))).await;
