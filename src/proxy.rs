@@ -8,3 +8,4 @@ pub mod forwarded;
 pub mod framing;
 pub mod handler;
 pub mod server;
+pub mod websocket;

@@ -163,7 +163,11 @@ async fn process(
     } else {
         conn.peer.ip()
     };
+    let websocket = super::websocket::is_upgrade(&parts);
     let te_trailers = forwarded::strip_hop_by_hop(&mut parts.headers);
+    if websocket {
+        super::websocket::set_upgrade_headers(&mut parts.headers);
+    }
     // Room for the headers set below, in one growth instead of several.
     parts.headers.reserve(6);
     let proto = if conn.tls { "https" } else { "http" };
@@ -315,6 +319,9 @@ async fn process(
                     .headers
                     .insert(http::header::TE, HeaderValue::from_static("trailers"));
             }
+            if websocket {
+                return upgrade(rt, route, upstream, &ctx, host, parts, pq, body, ex).await;
+            }
             let plan = match route.pipeline.cache(&ctx) {
                 Some(cache) => {
                     // As routes see it: lower case, no port.
@@ -364,6 +371,59 @@ async fn process(
         Some(c) => c.apply(accept_encoding.as_ref(), resp),
         None => resp,
     })
+}
+
+/// A WebSocket upgrade: sent upstream on a connection of its own; a 101
+/// joins the two connections into a tunnel (`websocket.rs`).
+#[allow(clippy::too_many_arguments)]
+async fn upgrade(
+    rt: &Runtime,
+    route: &crate::snapshot::Route,
+    upstream: &crate::upstream::Upstream,
+    ctx: &RequestCtx<'_>,
+    host: Option<HeaderValue>,
+    mut parts: request::Parts,
+    pq: PathAndQuery,
+    body: RequestBody,
+    ex: &mut Exchange,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    if upstream.protocol != Protocol::Http1 {
+        return Err(GatewayError::BadRequest {
+            detail: "this route does not accept WebSocket upgrades",
+            close: false,
+        });
+    }
+    let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return Err(GatewayError::BadRequest {
+            detail: "this connection cannot be upgraded",
+            close: false,
+        });
+    };
+    let call = super::forward::Call {
+        route,
+        upstream,
+        ctx,
+        host,
+        deadline: ctx.deadline,
+    };
+    let mut resp = super::forward::forward(call, parts, pq, body, ex).await?;
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let Some(theirs) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+            return Err(GatewayError::UpstreamProtocol(
+                "a 101 without an upgradable connection".into(),
+            ));
+        };
+        super::websocket::set_upgrade_headers(resp.headers_mut());
+        super::websocket::spawn_tunnel(
+            client,
+            theirs,
+            super::websocket::TunnelLimits {
+                max_frame: route.max_body,
+                idle_timeout: rt.settings.limits.idle_timeout.0,
+            },
+        );
+    }
+    Ok(resp)
 }
 
 /// The path and query sent upstream. Reuses the client's (no copy) unless

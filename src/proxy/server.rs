@@ -276,7 +276,8 @@ async fn serve_stream<S>(
     let done = Arc::new(tokio::sync::Notify::new());
     let done_tx = done.clone();
     let conn_task = tokio::spawn(async move {
-        let conn = watcher.watch(builder.serve_connection(io, service));
+        // With upgrades: a WebSocket's 101 hands the connection to its tunnel.
+        let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service));
         if let Err(e) = conn.await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }

@@ -99,6 +99,9 @@ pub struct Pool {
 pub enum Lease {
     Http1(H1Conn),
     Http2,
+    /// A connection of one upgrade request (WebSocket): never pooled, it
+    /// belongs to the tunnel after a 101.
+    Upgrade,
 }
 
 /// An HTTP/1.1 connection: its sender, and the deadline its reader enforces.
@@ -174,11 +177,14 @@ impl Pool {
                 Err(_) => Err(SendError::sent(CallError::HeadTimeout)),
             };
         }
+        if req.headers().contains_key(http::header::UPGRADE) {
+            return self.send_upgrade(req, head_deadline).await;
+        }
         let mut req = req;
         loop {
             let (conn, fresh) = match self.checkout() {
                 Some(c) => (c, false),
-                None => match self.dial_h1().await {
+                None => match self.dial_h1(false).await {
                     Ok(c) => (c, true),
                     Err(e) => return Err(SendError::unsent(e, req)),
                 },
@@ -216,6 +222,33 @@ impl Pool {
                     None => return Err(SendError::sent(CallError::Exchange(e.into_error()))),
                 },
             }
+        }
+    }
+
+    /// An upgrade request on a new connection of its own, driven with
+    /// upgrades on so that a 101 hands the connection over.
+    async fn send_upgrade(
+        &self,
+        req: Request<RequestBody>,
+        head_deadline: Instant,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let mut conn = match self.dial_h1(true).await {
+            Ok(c) => c,
+            Err(e) => return Err(SendError::unsent(e, req)),
+        };
+        if conn.sender.ready().await.is_err() {
+            let e = std::io::Error::other("connection closed during handshake");
+            return Err(SendError::unsent(CallError::Connect(e), req));
+        }
+        conn.head_deadline.set(head_deadline);
+        let sent = conn.sender.try_send_request(req).await;
+        conn.head_deadline.clear();
+        match sent {
+            Ok(resp) => Ok((resp, Lease::Upgrade)),
+            Err(mut e) => Err(match e.take_message() {
+                Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error()), unsent),
+                None => SendError::sent(CallError::Exchange(e.into_error())),
+            }),
         }
     }
 
@@ -283,7 +316,7 @@ impl Pool {
         })
     }
 
-    async fn dial_h1(&self) -> Result<H1Conn, CallError> {
+    async fn dial_h1(&self, upgrades: bool) -> Result<H1Conn, CallError> {
         let head_deadline = Arc::new(HeadDeadline::default());
         let mut io = self.connect().await?;
         io.head_deadline = Some(head_deadline.clone());
@@ -292,7 +325,11 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(CallError::Exchange)?;
-        drive(conn);
+        if upgrades {
+            drive(conn.with_upgrades());
+        } else {
+            drive(conn);
+        }
         Ok(H1Conn {
             sender,
             head_deadline,

@@ -1,0 +1,310 @@
+//! WebSocket proxying (SPEC section 4): an HTTP/1.1 `Upgrade: websocket`
+//! request goes through the request phases like any other (auth and rate
+//! limits apply to it), then to an `http1` upstream on a connection of its
+//! own. On `101 Switching Protocols` the two connections become a tunnel:
+//!
+//! ```text
+//! client ⇄ frame scanner ⇄ upstream
+//! ```
+//!
+//! Bytes pass as they come; the scanner reads only frame headers, so a
+//! frame larger than the route's `max_request_body_bytes` is refused
+//! before any of it is forwarded: its sender gets a close frame 1009
+//! (message too big), the other side 1001 (going away). A tunnel silent
+//! for `server.limits.idle_timeout` is closed with 1001 both ways. A close
+//! frame from either side passes through, and the end of one connection
+//! ends the other, so a clean close handshake happens end to end.
+
+use std::time::Duration;
+
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, HeaderValue, Method, Version, request};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+const READ_BUFFER: usize = 16 << 10;
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// Whether the request asks to become a WebSocket (RFC 6455 section 4.1).
+/// Read before hop-by-hop headers are removed.
+pub fn is_upgrade(parts: &request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.method == Method::GET
+        && parts
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && parts
+            .headers
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// The hop-by-hop headers of an upgrade, set again on the request sent
+/// upstream and on the 101 sent back.
+pub fn set_upgrade_headers(headers: &mut HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// Limits of one tunnel.
+#[derive(Clone, Copy)]
+pub struct TunnelLimits {
+    pub max_frame: u64,
+    pub idle_timeout: Duration,
+}
+
+/// Joins the client's and the upstream's upgraded connections once both
+/// are handed over, in a task of its own.
+pub fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, limits: TunnelLimits) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade not completed");
+                return;
+            }
+        };
+        let reason = tunnel(TokioIo::new(client), TokioIo::new(upstream), limits).await;
+        tracing::debug!(reason, "websocket tunnel closed");
+    });
+}
+
+/// Which way bytes go, and so who the peer is that sent them.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Client,
+    Upstream,
+}
+
+async fn tunnel<C, U>(mut client: C, mut upstream: U, limits: TunnelLimits) -> &'static str
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut from_client = Direction::new(limits.max_frame);
+    let mut from_upstream = Direction::new(limits.max_frame);
+    let mut client_buf = vec![0u8; READ_BUFFER];
+    let mut upstream_buf = vec![0u8; READ_BUFFER];
+    let mut idle_until = Instant::now() + limits.idle_timeout;
+    loop {
+        let event = tokio::select! {
+            r = client.read(&mut client_buf) => Some((Side::Client, r)),
+            r = upstream.read(&mut upstream_buf) => Some((Side::Upstream, r)),
+            () = tokio::time::sleep_until(idle_until) => None,
+        };
+        let Some((side, read)) = event else {
+            let _ = close(&mut client, Side::Client, CLOSE_GOING_AWAY).await;
+            let _ = close(&mut upstream, Side::Upstream, CLOSE_GOING_AWAY).await;
+            return "idle";
+        };
+        let n = match read {
+            Ok(0) | Err(_) => {
+                // One side is gone: end the other's stream after what it has.
+                let _ = match side {
+                    Side::Client => upstream.shutdown().await,
+                    Side::Upstream => client.shutdown().await,
+                };
+                return "closed";
+            }
+            Ok(n) => n,
+        };
+        idle_until = Instant::now() + limits.idle_timeout;
+        let (dir, data) = match side {
+            Side::Client => (&mut from_client, &client_buf[..n]),
+            Side::Upstream => (&mut from_upstream, &upstream_buf[..n]),
+        };
+        let (out, oversized) = dir.scan(data);
+        let written = match side {
+            Side::Client => upstream.write_all(&out).await,
+            Side::Upstream => client.write_all(&out).await,
+        };
+        if written.is_err() {
+            return "write failed";
+        }
+        if oversized {
+            // The sender of the oversized frame hears why; the other side
+            // that its peer went away.
+            let (to_sender, to_other) = match side {
+                Side::Client => (
+                    close(&mut client, Side::Client, CLOSE_TOO_BIG).await,
+                    close(&mut upstream, Side::Upstream, CLOSE_GOING_AWAY).await,
+                ),
+                Side::Upstream => (
+                    close(&mut upstream, Side::Upstream, CLOSE_TOO_BIG).await,
+                    close(&mut client, Side::Client, CLOSE_GOING_AWAY).await,
+                ),
+            };
+            let _ = (to_sender, to_other);
+            return "frame too big";
+        }
+    }
+}
+
+/// Sends a close frame with `code` to `side`, then ends the stream. Frames
+/// to the upstream are masked (the gateway is its client), frames to the
+/// client are not (RFC 6455 section 5.1).
+async fn close<S: AsyncWrite + Unpin>(stream: &mut S, side: Side, code: u16) -> std::io::Result<()> {
+    let [hi, lo] = code.to_be_bytes();
+    let frame = match side {
+        Side::Client => vec![0x88, 0x02, hi, lo],
+        Side::Upstream => {
+            let mask: [u8; 4] = fastrand::u32(..).to_be_bytes();
+            vec![
+                0x88,
+                0x82,
+                mask[0],
+                mask[1],
+                mask[2],
+                mask[3],
+                hi ^ mask[0],
+                lo ^ mask[1],
+            ]
+        }
+    };
+    stream.write_all(&frame).await?;
+    stream.shutdown().await
+}
+
+/// The frame boundaries of one direction of a tunnel.
+struct Direction {
+    max_frame: u64,
+    /// The header being read (at most 14 bytes: 2 + 8 length + 4 mask).
+    header: Vec<u8>,
+    /// Payload bytes left in the current frame.
+    payload_left: u64,
+}
+
+impl Direction {
+    fn new(max_frame: u64) -> Self {
+        Direction {
+            max_frame,
+            header: Vec::with_capacity(14),
+            payload_left: 0,
+        }
+    }
+
+    /// The bytes of `data` to forward now, and whether a frame over the
+    /// limit began. A header split across reads is held back until it is
+    /// whole, so an oversized frame never has a byte forwarded.
+    fn scan(&mut self, data: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(data.len() + self.header.len());
+        let mut i = 0;
+        while i < data.len() {
+            if self.payload_left > 0 {
+                let n = (self.payload_left.min((data.len() - i) as u64)) as usize;
+                out.extend_from_slice(&data[i..i + n]);
+                self.payload_left -= n as u64;
+                i += n;
+                continue;
+            }
+            self.header.push(data[i]);
+            i += 1;
+            let Some(len) = header_complete(&self.header) else {
+                continue;
+            };
+            if len > self.max_frame {
+                return (out, true);
+            }
+            out.extend_from_slice(&self.header);
+            self.header.clear();
+            self.payload_left = len;
+        }
+        (out, false)
+    }
+}
+
+/// The payload length once `h` holds a whole frame header.
+fn header_complete(h: &[u8]) -> Option<u64> {
+    if h.len() < 2 {
+        return None;
+    }
+    let masked = h[1] & 0x80 != 0;
+    let (len_bytes, len) = match h[1] & 0x7f {
+        126 => (2, None),
+        127 => (8, None),
+        n => (0, Some(u64::from(n))),
+    };
+    let need = 2 + len_bytes + if masked { 4 } else { 0 };
+    if h.len() < need {
+        return None;
+    }
+    Some(len.unwrap_or_else(|| {
+        h[2..2 + len_bytes]
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize, masked: bool) -> Vec<u8> {
+        let mut f = vec![0x82];
+        let m = if masked { 0x80 } else { 0 };
+        match len {
+            0..=125 => f.push(m | len as u8),
+            126..=65535 => {
+                f.push(m | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(m | 127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(b'x', len));
+        f
+    }
+
+    #[test]
+    fn frames_pass_whole_whatever_the_reads() {
+        let stream: Vec<u8> = [
+            frame(5, true),
+            frame(300, true),
+            frame(70_000, false),
+            frame(0, false),
+        ]
+        .concat();
+        for chunk in [1, 3, 7, 1000, stream.len()] {
+            let mut d = Direction::new(100_000);
+            let mut out = Vec::new();
+            for piece in stream.chunks(chunk) {
+                let (o, over) = d.scan(piece);
+                assert!(!over);
+                out.extend(o);
+            }
+            assert_eq!(out, stream, "reads of {chunk}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_frame_is_caught_at_its_header() {
+        let stream: Vec<u8> = [frame(10, true), frame(2000, true)].concat();
+        for chunk in [1, 5, stream.len()] {
+            let mut d = Direction::new(1000);
+            let mut out = Vec::new();
+            let mut over = false;
+            for piece in stream.chunks(chunk) {
+                let (o, o_over) = d.scan(piece);
+                out.extend(o);
+                if o_over {
+                    over = true;
+                    break;
+                }
+            }
+            assert!(over);
+            // Only the first, small frame went on.
+            assert_eq!(out, frame(10, true), "reads of {chunk}");
+        }
+    }
+}

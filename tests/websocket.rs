@@ -1,0 +1,206 @@
+//! WebSocket proxying (SPEC section 4) through the real binary, with a real
+//! WebSocket client and server (tokio-tungstenite): frames both ways, auth
+//! and rate limits on the upgrade, oversized frames closed with 1009, the
+//! idle timeout, and clean closes from either side.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error, Message};
+
+type Client = WebSocketStream<TcpStream>;
+
+/// What the echo server saw: each handshake's headers and each close code.
+#[derive(Default)]
+struct Seen {
+    handshakes: Vec<http::HeaderMap>,
+    closes: Vec<u16>,
+}
+
+/// Echoes every message; `bye` makes it close with 1000 itself.
+async fn echo_server() -> (std::net::SocketAddr, Arc<Mutex<Seen>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let headers_seen = record.clone();
+                // The callback's signature (a large error type) is tungstenite's.
+                #[allow(clippy::result_large_err)]
+                let callback = move |req: &http::Request<()>, resp| {
+                    headers_seen
+                        .lock()
+                        .unwrap()
+                        .handshakes
+                        .push(req.headers().clone());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    match msg {
+                        Message::Text(t) if t.as_str() == "bye" => {
+                            let _ = ws
+                                .close(Some(CloseFrame {
+                                    code: CloseCode::Normal,
+                                    reason: "bye".into(),
+                                }))
+                                .await;
+                        }
+                        // A failed send ends the loop at the next read.
+                        Message::Text(_) | Message::Binary(_) => {
+                            let _ = ws.send(msg).await;
+                        }
+                        Message::Close(frame) => {
+                            record
+                                .lock()
+                                .unwrap()
+                                .closes
+                                .push(frame.map_or(1005, |f| u16::from(f.code)));
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn connect(gw: &Gateway, path: &str, key: Option<&str>) -> Result<Client, Error> {
+    let mut request = format!("ws://{}{path}", gw.addr()).into_client_request().unwrap();
+    if let Some(k) = key {
+        request.headers_mut().insert("x-api-key", k.parse().unwrap());
+    }
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    tokio_tungstenite::client_async(request, tcp)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// The next close frame's code from the gateway (or the peer through it).
+async fn close_code(ws: &mut Client) -> u16 {
+    let wait = async {
+        while let Some(msg) = ws.next().await {
+            if let Ok(Message::Close(frame)) = msg {
+                return frame.map_or(1005, |f| u16::from(f.code));
+            }
+        }
+        0
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("no close frame")
+}
+
+fn gateway(upstream: std::net::SocketAddr, extra_server: &str) -> Gateway {
+    Gateway::start(&format!(
+        "version: 1\nserver:\n  listeners: [{{name: public, address: \"127.0.0.1:0\"}}]\n{extra_server}\
+         upstreams:\n  - name: ws\n    targets: [{{url: \"http://{upstream}\"}}]\n\
+         routes:\n  - name: chat\n    match: {{paths: [/chat]}}\n    upstream: ws\n    max_request_body_bytes: 1KiB\n    plugins:\n      api_key: {{}}\n      rate_limit: {{rate: 1/m, burst: 3, key: [consumer]}}\n\
+         \x20 - name: open\n    match: {{paths: [/open]}}\n    upstream: ws\n\
+         consumers:\n  - name: ann\n    api_keys: [{{key: ann-key}}]\n"
+    ))
+}
+
+#[tokio::test]
+async fn frames_pass_both_ways_after_an_authenticated_upgrade() {
+    let (addr, seen) = echo_server().await;
+    let gw = gateway(addr, "");
+
+    let mut ws = connect(&gw, "/chat", Some("ann-key")).await.unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    let blob = vec![7u8; 1000];
+    ws.send(Message::binary(blob.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(blob));
+
+    // The upstream saw the upgrade with the gateway's headers.
+    {
+        let s = seen.lock().unwrap();
+        let h = &s.handshakes[0];
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(h.contains_key("x-request-id"));
+        assert!(h.contains_key("x-forwarded-for"));
+        assert!(h.contains_key("sec-websocket-key"));
+    }
+
+    // A clean close from the client: the server's close comes back.
+    ws.close(None).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1005);
+    eventually("the server saw the close", || async {
+        !seen.lock().unwrap().closes.is_empty()
+    })
+    .await;
+
+    // A clean close from the server.
+    let mut ws = connect(&gw, "/chat", Some("ann-key")).await.unwrap();
+    ws.send(Message::text("bye")).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1000);
+}
+
+#[tokio::test]
+async fn auth_and_rate_limits_apply_to_the_upgrade() {
+    let (addr, seen) = echo_server().await;
+    let gw = gateway(addr, "");
+
+    match connect(&gw, "/chat", None).await {
+        Err(Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    match connect(&gw, "/chat", Some("wrong")).await {
+        Err(Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    // Burst of 3 upgrades, then 429.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connect(&gw, "/chat", Some("ann-key")).await.unwrap());
+    }
+    match connect(&gw, "/chat", Some("ann-key")).await {
+        Err(Error::Http(resp)) => assert_eq!(resp.status(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(seen.lock().unwrap().handshakes.len(), 3);
+}
+
+#[tokio::test]
+async fn an_oversized_frame_is_closed_with_1009() {
+    let (addr, seen) = echo_server().await;
+    let gw = gateway(addr, "");
+    let mut ws = connect(&gw, "/chat", Some("ann-key")).await.unwrap();
+    ws.send(Message::text("small")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("small"));
+    // Over the route's 1 KiB.
+    ws.send(Message::binary(vec![1u8; 4096])).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1009);
+    // The upstream never got the frame; it was told its peer went away.
+    eventually("the upstream saw 1001", || async {
+        seen.lock().unwrap().closes == [1001]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed() {
+    let (addr, _) = echo_server().await;
+    let gw = gateway(addr, "  limits: {idle_timeout: 300ms}\n");
+    let mut ws = connect(&gw, "/open", None).await.unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+    assert_eq!(close_code(&mut ws).await, 1001);
+}
