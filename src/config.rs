@@ -354,23 +354,12 @@ mod tests {
 
     #[test]
     fn every_section_of_the_spec_parses() {
+        // Every section, every plugin and every capability: all built, so
+        // the whole SPEC example parses and validates.
         let text = include_str!("../tests/fixtures/spec-full.yaml");
-        let err = load_str(text, "spec.yaml", &|_| Some("x".into())).unwrap_err();
-        // Everything parses; only capabilities not built yet are refused, by name.
-        for e in &err.errors {
-            assert!(
-                e.message.contains("not supported yet"),
-                "{}: {}",
-                e.path,
-                e.message
-            );
+        if let Err(e) = load_str(text, "spec.yaml", &|_| Some("x".into())) {
+            panic!("{e}");
         }
-        let text = err.to_string();
-        assert!(text.contains("gRPC transcoding is not supported yet"), "{text}");
-        assert!(!text.contains("cache"), "the cache is built: {text}");
-        assert!(!text.contains("`jwt`"), "jwt is built: {text}");
-        assert!(!text.contains("redis"), "redis is built: {text}");
-        assert!(!text.contains("admin"), "the admin API is built: {text}");
     }
 
     #[test]

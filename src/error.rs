@@ -47,6 +47,9 @@ pub enum GatewayError {
     UpstreamProtocol(String),
     /// 504: the upstream or the route deadline timed out.
     GatewayTimeout,
+    /// A gRPC upstream's status other than OK, on a transcoded route: the
+    /// HTTP status gRPC-gateway maps it to, with the upstream's message.
+    GrpcStatus { code: u16, message: String },
     /// 502: a required call of an `aggregate` route failed (`why` as in `_errors`).
     AggregateFailed { call: String, why: String },
     /// 503: the upstream's circuit is open; nothing was sent.
@@ -82,6 +85,7 @@ impl GatewayError {
             | GatewayError::UpstreamProtocol(_)
             | GatewayError::AggregateFailed { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::GrpcStatus { code, .. } => crate::proxy::transcode::http_status(*code),
             GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CircuitOpen | GatewayError::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
@@ -104,6 +108,7 @@ impl GatewayError {
             | GatewayError::UpstreamProtocol(_)
             | GatewayError::AggregateFailed { .. } => "bad-gateway",
             GatewayError::GatewayTimeout => "gateway-timeout",
+            GatewayError::GrpcStatus { code, .. } => crate::proxy::transcode::status_slug(*code),
             GatewayError::Unavailable { .. } => "service-unavailable",
             GatewayError::RateLimited { .. } => "rate-limited",
             GatewayError::CircuitOpen => "circuit-open",
@@ -137,6 +142,10 @@ impl GatewayError {
             }
             GatewayError::UpstreamProtocol(_) => "the upstream service sent an invalid response".into(),
             GatewayError::GatewayTimeout => "the upstream service did not answer in time".into(),
+            GatewayError::GrpcStatus { code, message } if message.is_empty() => {
+                format!("the upstream service answered gRPC status {code}")
+            }
+            GatewayError::GrpcStatus { message, .. } => message.clone(),
             GatewayError::AggregateFailed { call, why } => {
                 format!("the required call `{call}` failed ({why})")
             }
@@ -161,6 +170,11 @@ impl GatewayError {
             | GatewayError::UpstreamProtocol(_)
             | GatewayError::AggregateFailed { .. }
             | GatewayError::GatewayTimeout => Side::Upstream,
+            GatewayError::GrpcStatus { code, .. }
+                if crate::proxy::transcode::http_status(*code).is_server_error() =>
+            {
+                Side::Upstream
+            }
             GatewayError::Unavailable { .. } => Side::Gateway,
             _ => Side::Downstream,
         }
@@ -195,6 +209,9 @@ impl GatewayError {
         }
         if let GatewayError::WafBlocked { rule } = &self {
             extensions.insert("rule".into(), (*rule).into());
+        }
+        if let GatewayError::GrpcStatus { code, .. } = &self {
+            extensions.insert("grpc_status".into(), (*code).into());
         }
         let mut resp = problem_with(status, self.slug(), &self.detail(), request_id, extensions);
         if let GatewayError::Unauthorized { challenge, .. } = &self {

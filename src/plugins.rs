@@ -587,7 +587,17 @@ pub(crate) fn query_value(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// `%XX` escapes and `+` decoded (a form: a query string).
 pub(crate) fn percent_decode(s: &str) -> String {
+    decode_percent(s, true)
+}
+
+/// `%XX` escapes decoded, `+` kept (a path, a header value).
+pub(crate) fn percent_decode_path(s: &str) -> String {
+    decode_percent(s, false)
+}
+
+fn decode_percent(s: &str, plus_is_space: bool) -> String {
     let hex = |c: &u8| (*c as char).to_digit(16);
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -602,7 +612,7 @@ pub(crate) fn percent_decode(s: &str) -> String {
                 }
                 _ => out.push(b'%'),
             },
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
         }
         i += 1;

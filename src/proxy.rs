@@ -8,4 +8,5 @@ pub mod forwarded;
 pub mod framing;
 pub mod handler;
 pub mod server;
+pub mod transcode;
 pub mod websocket;

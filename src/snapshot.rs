@@ -103,7 +103,7 @@ impl Route {
     /// The upstream it proxies to, if it does.
     pub fn upstream(&self) -> Option<&Upstream> {
         match &self.action {
-            Action::Proxy { upstream, .. } => Some(upstream),
+            Action::Proxy { upstream, .. } | Action::Transcode { upstream, .. } => Some(upstream),
             Action::Respond { .. } | Action::Aggregate(_) => None,
         }
     }
@@ -121,6 +121,26 @@ pub enum Action {
         body: Bytes,
     },
     Aggregate(Box<crate::proxy::aggregate::Aggregate>),
+    /// REST/JSON to gRPC; requests already in gRPC pass through.
+    Transcode {
+        upstream: Arc<Upstream>,
+        transcoder: Box<crate::proxy::transcode::Transcoder>,
+    },
+}
+
+impl Action {
+    /// Where a proxied request goes: the upstream, `strip_prefix` and `rewrite`.
+    pub fn proxied(&self) -> Option<(&Arc<Upstream>, Option<&str>, Option<&Rewrite>)> {
+        match self {
+            Action::Proxy {
+                upstream,
+                strip_prefix,
+                rewrite,
+            } => Some((upstream, strip_prefix.as_deref(), rewrite.as_ref())),
+            Action::Transcode { upstream, .. } => Some((upstream, None, None)),
+            Action::Respond { .. } | Action::Aggregate(_) => None,
+        }
+    }
 }
 
 /// A `rewrite` template: literal text and `{name}` captures.
@@ -295,6 +315,30 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
             ) {
                 Some(a) => Action::Aggregate(Box::new(a)),
                 None => continue,
+            }
+        } else if let (Some(t), Some(up)) = (
+            &r.grpc_transcode,
+            r.upstream.as_ref().and_then(|u| upstreams.get(u)),
+        ) {
+            if up.protocol == crate::config::Protocol::Http1 {
+                errors.push(FieldError::new(
+                    format!("{p}.upstream"),
+                    format!(
+                        "`{}` speaks http1; grpc_transcode needs `protocol: grpc`",
+                        up.name
+                    ),
+                ));
+                continue;
+            }
+            match crate::proxy::transcode::Transcoder::new(t) {
+                Ok(transcoder) => Action::Transcode {
+                    upstream: up.clone(),
+                    transcoder: Box::new(transcoder),
+                },
+                Err((field, message)) => {
+                    errors.push(FieldError::new(format!("{p}.grpc_transcode.{field}"), message));
+                    continue;
+                }
             }
         } else if let Some(up) = r.upstream.as_ref().and_then(|u| upstreams.get(u)) {
             Action::Proxy {

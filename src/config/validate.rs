@@ -21,10 +21,6 @@ struct Validator {
     errors: Vec<FieldError>,
 }
 
-fn not_yet(what: &str) -> String {
-    format!("{what} not supported yet")
-}
-
 impl Validator {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError::new(path, message));
@@ -326,8 +322,11 @@ impl Validator {
                 }
             }
         }
-        if r.grpc_transcode.is_some() {
-            self.err(format!("{p}.grpc_transcode"), not_yet("gRPC transcoding is"));
+        if r.grpc_transcode.is_some() && r.upstream.is_none() {
+            self.err(
+                format!("{p}.grpc_transcode"),
+                "needs the route's `upstream` (a gRPC one)",
+            );
         }
         for (i, m) in r.matcher.methods.iter().enumerate() {
             if crate::router::method_bit(m).is_none() {

@@ -288,6 +288,12 @@ async fn process(
             *resp.headers_mut() = headers.clone();
             resp
         }
+        Action::Transcode { upstream, transcoder } if !crate::proxy::transcode::is_grpc(&parts.headers) => {
+            let path = normalized.as_deref().unwrap_or(parts.uri.path()).to_string();
+            transcoder
+                .run(route, upstream, &ctx, host, parts, &path, body, ex)
+                .await?
+        }
         Action::Aggregate(agg) => {
             let path = normalized.as_deref().unwrap_or(parts.uri.path());
             let captures = rt.table.captures(&m, path);
@@ -298,21 +304,17 @@ async fn process(
             };
             agg.run(route, &values, ex).await?
         }
-        Action::Proxy {
-            upstream,
-            strip_prefix,
-            rewrite,
-        } => {
+        // Proxied as is (a native gRPC request on a transcoding route too).
+        Action::Proxy { .. } | Action::Transcode { .. } => {
+            let Some((upstream, strip_prefix, rewrite)) = route.action.proxied() else {
+                return Err(GatewayError::RouteNotFound);
+            };
             let deadline = ctx.deadline;
             // The upstream path: normalized, then strip_prefix, then rewrite.
             let path = normalized.as_deref().unwrap_or(parts.uri.path());
-            let pq = upstream_path_and_query(
-                &parts.uri,
-                path,
-                strip_prefix.as_deref(),
-                rewrite.as_ref(),
-                || rt.table.captures(&m, path),
-            )?;
+            let pq = upstream_path_and_query(&parts.uri, path, strip_prefix, rewrite, || {
+                rt.table.captures(&m, path)
+            })?;
             if te_trailers && upstream.protocol != Protocol::Http1 {
                 // The one TE value HTTP/2 allows; gRPC servers require it.
                 parts

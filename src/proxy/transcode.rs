@@ -1,0 +1,760 @@
+//! `grpc_transcode` (SPEC section 4): REST/JSON clients in front of a gRPC
+//! upstream, from a FileDescriptorSet read at config load (no generated
+//! code).
+//!
+//! ```text
+//! HTTP method + path → binding (google.api.http, else POST /pkg.Service/Method)
+//!   → message from the JSON body (`body: "*"` or one field), path
+//!     variables and query parameters (proto3 JSON mapping)
+//!   → gRPC over HTTP/2 (framed, `grpc-timeout` from the route deadline)
+//!   → grpc-status 0: the message(s) as JSON (a server stream: an array, or
+//!     NDJSON on `Accept: application/x-ndjson`); else the status mapped to
+//!     HTTP with the message in a problem+json body
+//! ```
+//!
+//! A request already speaking gRPC (`Content-Type: application/grpc…`) on
+//! such a route is proxied as is.
+
+mod template;
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TE};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, request};
+use http_body_util::BodyExt;
+use prost::Message;
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
+    MethodDescriptor, ReflectMessage, SerializeOptions, Value,
+};
+use tokio::time::Instant;
+
+use self::template::PathTemplate;
+use super::forward::{Call, forward};
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::GrpcTranscodeConfig;
+use crate::error::GatewayError;
+use crate::plugins::RequestCtx;
+use crate::snapshot::Route;
+use crate::telemetry::Exchange;
+use crate::upstream::Upstream;
+
+/// The largest answer read (all of a server stream's messages together).
+const MAX_ANSWER: usize = 8 << 20;
+/// `google.api.http`, the MethodOptions extension holding an HttpRule.
+const HTTP_RULE: &str = "google.api.http";
+
+/// Path variables: each field path with its value.
+type Vars<'t> = Vec<(&'t [String], String)>;
+
+pub struct Transcoder {
+    bindings: Vec<Binding>,
+}
+
+/// One HTTP method and path template bound to a gRPC method.
+struct Binding {
+    method: Method,
+    template: PathTemplate,
+    body: BodyRule,
+    /// `response_body`: only this field of the answer is sent.
+    response_body: Option<FieldDescriptor>,
+    grpc: MethodDescriptor,
+    /// `/pkg.Service/Method`.
+    grpc_path: PathAndQuery,
+}
+
+enum BodyRule {
+    /// No body; every field not in the path comes from the query.
+    None,
+    /// `body: "*"`: the body is the whole message.
+    Whole,
+    /// `body: "field"`: the body is that field.
+    Field(FieldDescriptor),
+}
+
+impl Transcoder {
+    /// Errors name a field of `grpc_transcode` and say why.
+    pub fn new(cfg: &GrpcTranscodeConfig) -> Result<Transcoder, (String, String)> {
+        let bytes = std::fs::read(&cfg.descriptor_set).map_err(|e| {
+            (
+                "descriptor_set".to_string(),
+                format!("cannot read {}: {e}", cfg.descriptor_set),
+            )
+        })?;
+        let pool = DescriptorPool::decode(&bytes[..]).map_err(|e| {
+            (
+                "descriptor_set".to_string(),
+                format!("not a FileDescriptorSet (protoc --include_imports -o FILE): {e}"),
+            )
+        })?;
+        let services = if cfg.services.is_empty() {
+            pool.services().collect::<Vec<_>>()
+        } else {
+            let mut out = Vec::new();
+            for (i, name) in cfg.services.iter().enumerate() {
+                match pool.get_service_by_name(name) {
+                    Some(s) => out.push(s),
+                    None => {
+                        return Err((
+                            format!("services[{i}]"),
+                            format!("no service `{name}` in {}", cfg.descriptor_set),
+                        ));
+                    }
+                }
+            }
+            out
+        };
+        let http = pool.get_extension_by_name(HTTP_RULE);
+        let mut bindings = Vec::new();
+        for service in services {
+            for m in service.methods() {
+                if m.is_client_streaming() {
+                    // A JSON request is one message.
+                    continue;
+                }
+                let grpc_path = PathAndQuery::try_from(format!("/{}/{}", service.full_name(), m.name()))
+                    .map_err(|e| ("services".to_string(), e.to_string()))?;
+                let rule = http.as_ref().and_then(|ext| {
+                    let options = m.options();
+                    options
+                        .has_extension(ext)
+                        .then(|| options.get_extension(ext).into_owned())
+                });
+                let before = bindings.len();
+                if let Some(Value::Message(rule)) = rule {
+                    add_rule(&mut bindings, &rule, &m, &grpc_path, true)
+                        .map_err(|e| ("descriptor_set".to_string(), format!("{}: {e}", m.full_name())))?;
+                }
+                if bindings.len() == before {
+                    // No annotation: POST /pkg.Service/Method with the message as JSON.
+                    bindings.push(Binding {
+                        method: Method::POST,
+                        template: PathTemplate::parse(grpc_path.as_str())
+                            .map_err(|e| ("services".to_string(), e))?,
+                        body: BodyRule::Whole,
+                        response_body: None,
+                        grpc: m.clone(),
+                        grpc_path,
+                    });
+                }
+            }
+        }
+        Ok(Transcoder { bindings })
+    }
+
+    /// Transcodes one request and its answer.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run(
+        &self,
+        route: &Route,
+        upstream: &Upstream,
+        ctx: &RequestCtx<'_>,
+        host: Option<HeaderValue>,
+        mut parts: request::Parts,
+        path: &str,
+        mut body: RequestBody,
+        ex: &mut Exchange,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let (b, vars) = self.find(&parts.method, path)?;
+        let data = body.read_whole().await?;
+        let msg = b.request_message(&data, &vars, parts.uri.query())?;
+        let encoded = msg.encode_to_vec();
+        let mut framed = BytesMut::with_capacity(5 + encoded.len());
+        framed.put_u8(0);
+        framed.put_u32(encoded.len() as u32);
+        framed.put_slice(&encoded);
+
+        let ndjson = b.grpc.is_server_streaming()
+            && parts
+                .headers
+                .get(ACCEPT)
+                .is_some_and(|a| a.as_bytes().starts_with(b"application/x-ndjson"));
+        parts.method = Method::POST;
+        let h = &mut parts.headers;
+        for name in [CONTENT_LENGTH, ACCEPT, ACCEPT_ENCODING, CONTENT_TYPE] {
+            h.remove(name);
+        }
+        // Reserved gRPC headers are the gateway's to set, never the client's.
+        let reserved: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("grpc-"))
+            .cloned()
+            .collect();
+        for name in reserved {
+            h.remove(name);
+        }
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        let left = ctx.deadline.saturating_duration_since(Instant::now());
+        h.insert(HeaderName::from_static("grpc-timeout"), grpc_timeout(left));
+        let call = Call {
+            route,
+            upstream,
+            ctx,
+            host,
+            deadline: ctx.deadline,
+        };
+        let resp = forward(
+            call,
+            parts,
+            b.grpc_path.clone(),
+            RequestBody::full(framed.freeze()),
+            ex,
+        )
+        .await?;
+        b.answer(resp, ndjson).await
+    }
+
+    /// The binding for this method and path: 405 when the path is bound
+    /// only to other methods, 404 when it is not bound at all.
+    fn find(&self, method: &Method, path: &str) -> Result<(&Binding, Vars<'_>), GatewayError> {
+        let mut allow = 0u16;
+        for b in &self.bindings {
+            if let Some(vars) = b.template.matches(path) {
+                if b.method == *method {
+                    return Ok((b, vars));
+                }
+                allow |= crate::router::method_bit(b.method.as_str()).unwrap_or(0);
+            }
+        }
+        if allow != 0 {
+            return Err(GatewayError::MethodNotAllowed { allow });
+        }
+        Err(GatewayError::RouteNotFound)
+    }
+}
+
+/// Adds the bindings of one HttpRule (and its `additional_bindings`).
+fn add_rule(
+    out: &mut Vec<Binding>,
+    rule: &DynamicMessage,
+    m: &MethodDescriptor,
+    grpc_path: &PathAndQuery,
+    top: bool,
+) -> Result<(), String> {
+    let text = |name: &str| match rule.get_field_by_name(name).as_deref() {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let mut pattern = None;
+    for verb in ["get", "put", "post", "delete", "patch"] {
+        if let Some(p) = text(verb) {
+            pattern = Some((
+                Method::from_bytes(verb.to_uppercase().as_bytes()).map_err(|e| e.to_string())?,
+                p,
+            ));
+        }
+    }
+    if pattern.is_none()
+        && let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
+    {
+        let kind = custom
+            .get_field_by_name("kind")
+            .and_then(|v| v.as_str().map(str::to_string));
+        let path = custom
+            .get_field_by_name("path")
+            .and_then(|v| v.as_str().map(str::to_string));
+        if let (Some(kind), Some(path)) = (kind, path) {
+            pattern = Some((
+                Method::from_bytes(kind.as_bytes()).map_err(|e| e.to_string())?,
+                path,
+            ));
+        }
+    }
+    if let Some((method, path)) = pattern {
+        let template = PathTemplate::parse(&path).map_err(|e| format!("path `{path}`: {e}"))?;
+        let input = m.input();
+        for field in template.fields() {
+            field_path(&input, field).map_err(|e| format!("path `{path}`: {e}"))?;
+        }
+        let body = match text("body").as_deref() {
+            None => BodyRule::None,
+            Some("*") => BodyRule::Whole,
+            Some(f) => BodyRule::Field(
+                input
+                    .get_field_by_name(f)
+                    .ok_or_else(|| format!("body `{f}` is not a field of {}", input.full_name()))?,
+            ),
+        };
+        let response_body = match text("response_body") {
+            None => None,
+            Some(f) => Some(m.output().get_field_by_name(&f).ok_or_else(|| {
+                format!("response_body `{f}` is not a field of {}", m.output().full_name())
+            })?),
+        };
+        out.push(Binding {
+            method,
+            template,
+            body,
+            response_body,
+            grpc: m.clone(),
+            grpc_path: grpc_path.clone(),
+        });
+    }
+    if top && let Some(Value::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
+        for r in more {
+            if let Value::Message(r) = r {
+                add_rule(out, r, m, grpc_path, false)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The fields along `path` (`store.id`) from `desc`; each but the last a message.
+fn field_path(desc: &MessageDescriptor, path: &[String]) -> Result<Vec<FieldDescriptor>, String> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut current = desc.clone();
+    for (i, name) in path.iter().enumerate() {
+        let f = current
+            .get_field_by_name(name)
+            .or_else(|| current.get_field_by_json_name(name))
+            .ok_or_else(|| format!("`{}` is not a field of {}", path.join("."), desc.full_name()))?;
+        if i + 1 < path.len() {
+            match f.kind() {
+                Kind::Message(m) if !f.is_list() && !f.is_map() => current = m,
+                _ => return Err(format!("`{name}` in `{}` is not a message", path.join("."))),
+            }
+        }
+        out.push(f);
+    }
+    Ok(out)
+}
+
+fn invalid(pointer: String, detail: String) -> GatewayError {
+    GatewayError::ValidationFailed { pointer, detail }
+}
+
+impl Binding {
+    /// The request message from the body, the path variables and the query.
+    fn request_message(
+        &self,
+        body: &[u8],
+        vars: &[(&[String], String)],
+        query: Option<&str>,
+    ) -> Result<DynamicMessage, GatewayError> {
+        let input = self.grpc.input();
+        let mut msg = DynamicMessage::new(input.clone());
+        let body = if body.iter().all(u8::is_ascii_whitespace) {
+            &[][..]
+        } else {
+            body
+        };
+        match &self.body {
+            BodyRule::Whole if !body.is_empty() => msg = from_json(input.clone(), body, "")?,
+            BodyRule::Field(f) if !body.is_empty() => {
+                // Pointers are into the client's body: here, the field itself.
+                let value = match f.kind() {
+                    Kind::Message(m) if !f.is_list() && !f.is_map() => {
+                        Value::Message(from_json(m, body, "")?)
+                    }
+                    _ => {
+                        let json: serde_json::Value = serde_json::from_slice(body)
+                            .map_err(|e| invalid(String::new(), format!("the body is not JSON: {e}")))?;
+                        json_to_field(f, &json).map_err(|e| invalid(String::new(), e))?
+                    }
+                };
+                msg.set_field(f, value);
+            }
+            BodyRule::None if !body.is_empty() => {
+                return Err(GatewayError::BadRequest {
+                    detail: "this method takes no request body",
+                    close: false,
+                });
+            }
+            _ => {}
+        }
+        for (path, value) in vars {
+            set_path(&mut msg, path, value).map_err(|e| invalid(format!("/{}", path.join("/")), e))?;
+        }
+        // The query fills the fields the path and body leave, unless the
+        // body is the whole message. Unknown parameters are ignored (auth
+        // plugins may read their own).
+        if let (Some(q), false) = (query, matches!(self.body, BodyRule::Whole)) {
+            for pair in q.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let key = crate::plugins::percent_decode(k);
+                let path: Vec<String> = key.split('.').map(str::to_string).collect();
+                if vars.iter().any(|(p, _)| p.first() == path.first()) {
+                    continue;
+                }
+                if let BodyRule::Field(f) = &self.body
+                    && path.first().is_some_and(|p| p == f.name() || p == f.json_name())
+                {
+                    continue;
+                }
+                if field_path(&input, &path).is_err() {
+                    continue;
+                }
+                let value = crate::plugins::percent_decode(v);
+                set_path(&mut msg, &path, &value).map_err(|e| {
+                    invalid(
+                        format!("/{}", path.join("/")),
+                        format!("query parameter `{key}`: {e}"),
+                    )
+                })?;
+            }
+        }
+        Ok(msg)
+    }
+
+    /// The client's answer from the upstream's.
+    async fn answer(
+        &self,
+        resp: Response<ResponseBody>,
+        ndjson: bool,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let (parts, body) = resp.into_parts();
+        if parts.status != StatusCode::OK {
+            return Err(GatewayError::UpstreamProtocol(format!(
+                "a gRPC upstream answered HTTP {}",
+                parts.status
+            )));
+        }
+        let collected = http_body_util::Limited::new(body, MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| {
+                if crate::body::caused_by::<crate::body::ReadTimeout>(&*e) {
+                    GatewayError::GatewayTimeout
+                } else {
+                    GatewayError::UpstreamProtocol(format!("reading a gRPC answer: {e}"))
+                }
+            })?;
+        let trailers = collected.trailers().cloned();
+        let data = collected.to_bytes();
+        // A trailers-only answer carries its status in the headers.
+        let status_from = trailers
+            .as_ref()
+            .filter(|t| t.contains_key("grpc-status"))
+            .unwrap_or(&parts.headers);
+        let code: u16 = status_from
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .ok_or_else(|| GatewayError::UpstreamProtocol("a gRPC answer without grpc-status".into()))?;
+        if code != 0 {
+            let message = status_from
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .map(crate::plugins::percent_decode_path)
+                .unwrap_or_default();
+            return Err(GatewayError::GrpcStatus { code, message });
+        }
+        let output = self.grpc.output();
+        let mut values = Vec::new();
+        for frame in frames(&data)? {
+            let msg = DynamicMessage::decode(output.clone(), frame).map_err(|e| {
+                GatewayError::UpstreamProtocol(format!("a gRPC message that does not decode: {e}"))
+            })?;
+            values.push(self.to_json(&msg)?);
+        }
+        let streaming = self.grpc.is_server_streaming();
+        let (content_type, json) = if !streaming {
+            if values.len() != 1 {
+                return Err(GatewayError::UpstreamProtocol(format!(
+                    "a unary gRPC answer with {} messages",
+                    values.len()
+                )));
+            }
+            ("application/json", serde_json::to_vec(&values[0]))
+        } else if ndjson {
+            let mut out = Vec::new();
+            for v in &values {
+                serde_json::to_writer(&mut out, v)
+                    .map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
+                out.push(b'\n');
+            }
+            ("application/x-ndjson", Ok(out))
+        } else {
+            ("application/json", serde_json::to_vec(&values))
+        };
+        let json = Bytes::from(json.map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?);
+        let mut resp = Response::new(ResponseBody::full(json.clone()));
+        let h = resp.headers_mut();
+        // The upstream's metadata goes on; its gRPC framing headers do not.
+        for (k, v) in &parts.headers {
+            let n = k.as_str();
+            if !(n.starts_with("grpc-") || n == "content-type" || n == "content-length" || n == "trailer") {
+                h.append(k.clone(), v.clone());
+            }
+        }
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
+        Ok(resp)
+    }
+
+    /// One answer message as proto3 JSON (lowerCamelCase names, 64-bit
+    /// integers as strings, enums by name), or only its `response_body`.
+    fn to_json(&self, msg: &DynamicMessage) -> Result<serde_json::Value, GatewayError> {
+        let options = SerializeOptions::new();
+        let json = msg
+            .serialize_with_options(serde_json::value::Serializer, &options)
+            .map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
+        Ok(match &self.response_body {
+            None => json,
+            Some(f) => match json.get(f.json_name()) {
+                Some(v) => v.clone(),
+                // Default values are left out of the message's JSON.
+                None => default_json(f),
+            },
+        })
+    }
+}
+
+fn default_json(f: &FieldDescriptor) -> serde_json::Value {
+    use serde_json::Value as J;
+    if f.is_list() {
+        return J::Array(Vec::new());
+    }
+    match f.kind() {
+        Kind::Message(_) => J::Object(Default::default()),
+        Kind::Bool => J::Bool(false),
+        Kind::String | Kind::Bytes => J::String(String::new()),
+        Kind::Int64 | Kind::Uint64 | Kind::Sint64 | Kind::Fixed64 | Kind::Sfixed64 => J::String("0".into()),
+        Kind::Enum(e) => e.default_value().name().into(),
+        _ => J::from(0),
+    }
+}
+
+/// The message `desc` from JSON `body`; an error names the failing field as
+/// a JSON pointer under `prefix`.
+fn from_json(desc: MessageDescriptor, body: &[u8], prefix: &str) -> Result<DynamicMessage, GatewayError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(&mut de, &mut track);
+    let options = DeserializeOptions::new();
+    let result = DynamicMessage::deserialize_with_options(desc, tracked, &options).and_then(|m| {
+        de.end()?;
+        Ok(m)
+    });
+    result.map_err(|e| {
+        let path = track.path();
+        let mut pointer = prefix.to_string();
+        for seg in path.iter() {
+            use serde_path_to_error::Segment;
+            match seg {
+                Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+                Segment::Map { key } | Segment::Enum { variant: key } => push_pointer(&mut pointer, key),
+                Segment::Unknown => {}
+            }
+        }
+        // An unknown field fails on its name, before the path reaches it.
+        let message = e.to_string();
+        if let Some(rest) = message.strip_prefix("unrecognized field name '")
+            && let Some((name, _)) = rest.split_once('\'')
+        {
+            push_pointer(&mut pointer, name);
+        }
+        let detail = if pointer.is_empty() {
+            format!("the body does not fit the request message: {e}")
+        } else {
+            format!("`{pointer}` does not fit the request message: {e}")
+        };
+        invalid(pointer, detail)
+    })
+}
+
+/// Appends one JSON pointer token (RFC 6901 escapes).
+fn push_pointer(pointer: &mut String, token: &str) {
+    pointer.push('/');
+    pointer.push_str(&token.replace('~', "~0").replace('/', "~1"));
+}
+
+/// Sets the field at `path` from its text form (path variables, query).
+/// A repeated field gets the value appended.
+fn set_path(msg: &mut DynamicMessage, path: &[String], text: &str) -> Result<(), String> {
+    let fields = field_path(&msg.descriptor(), path)?;
+    let mut current = msg;
+    for f in &fields[..fields.len() - 1] {
+        current = match current.get_field_mut(f) {
+            Value::Message(m) => m,
+            _ => return Err(format!("`{}` is not a message", f.name())),
+        };
+    }
+    let last = &fields[fields.len() - 1];
+    let value = scalar(last, text)?;
+    if last.is_list() {
+        if let Value::List(items) = current.get_field_mut(last) {
+            items.push(value);
+        }
+    } else {
+        current.set_field(last, value);
+    }
+    Ok(())
+}
+
+/// A scalar field's value from text.
+fn scalar(f: &FieldDescriptor, text: &str) -> Result<Value, String> {
+    let bad = |what: &str| format!("`{text}` is not {what}");
+    Ok(match f.kind() {
+        Kind::String => Value::String(text.to_string()),
+        Kind::Bytes => {
+            use base64::Engine;
+            let engine = base64::engine::general_purpose::STANDARD;
+            let url = base64::engine::general_purpose::URL_SAFE;
+            let data = engine
+                .decode(text)
+                .or_else(|_| url.decode(text))
+                .map_err(|_| bad("base64"))?;
+            Value::Bytes(data.into())
+        }
+        Kind::Bool => match text {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => return Err(bad("true or false")),
+        },
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            Value::I32(text.parse().map_err(|_| bad("a 32-bit integer"))?)
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            Value::I64(text.parse().map_err(|_| bad("a 64-bit integer"))?)
+        }
+        Kind::Uint32 | Kind::Fixed32 => {
+            Value::U32(text.parse().map_err(|_| bad("an unsigned 32-bit integer"))?)
+        }
+        Kind::Uint64 | Kind::Fixed64 => {
+            Value::U64(text.parse().map_err(|_| bad("an unsigned 64-bit integer"))?)
+        }
+        Kind::Float => Value::F32(text.parse().map_err(|_| bad("a number"))?),
+        Kind::Double => Value::F64(text.parse().map_err(|_| bad("a number"))?),
+        Kind::Enum(e) => match e.get_value_by_name(text) {
+            Some(v) => Value::EnumNumber(v.number()),
+            None => match text.parse::<i32>().ok().and_then(|n| e.get_value(n)) {
+                Some(v) => Value::EnumNumber(v.number()),
+                None => return Err(format!("`{text}` is not a value of {}", e.full_name())),
+            },
+        },
+        Kind::Message(m) => return Err(format!("a {} cannot be set from text", m.full_name())),
+    })
+}
+
+/// A non-message body field (`body: "tags"`) from JSON.
+fn json_to_field(f: &FieldDescriptor, json: &serde_json::Value) -> Result<Value, String> {
+    let one = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => scalar(f, s),
+        serde_json::Value::Number(n) => scalar(f, &n.to_string()),
+        serde_json::Value::Bool(b) => scalar(f, if *b { "true" } else { "false" }),
+        other => Err(format!("{other} does not fit `{}`", f.name())),
+    };
+    match json {
+        serde_json::Value::Array(items) if f.is_list() => {
+            Ok(Value::List(items.iter().map(one).collect::<Result<_, _>>()?))
+        }
+        v if !f.is_list() => one(v),
+        _ => Err(format!("`{}` takes a list", f.name())),
+    }
+}
+
+/// The messages of a gRPC body (each: flag, 4-byte length, bytes).
+fn frames(mut data: &[u8]) -> Result<Vec<&[u8]>, GatewayError> {
+    let bad = |why: &str| GatewayError::UpstreamProtocol(format!("a malformed gRPC answer: {why}"));
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 5 {
+            return Err(bad("a truncated frame header"));
+        }
+        if data[0] & 1 != 0 {
+            return Err(bad("a compressed message (none was asked for)"));
+        }
+        let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+        let msg = data
+            .get(5..5 + len)
+            .ok_or_else(|| bad("a frame longer than the body"))?;
+        out.push(msg);
+        data = &data[5 + len..];
+    }
+    Ok(out)
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit.
+fn grpc_timeout(d: Duration) -> HeaderValue {
+    let ms = d.as_millis().max(1);
+    let value = if ms < 100_000_000 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", (d.as_secs()).min(99_999_999))
+    };
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("1S"))
+}
+
+/// Whether the request already speaks gRPC (passed through untouched).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// gRPC status codes as HTTP statuses (as grpc-gateway and Envoy map them).
+pub fn http_status(code: u16) -> StatusCode {
+    match code {
+        0 => StatusCode::OK,
+        1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        4 => StatusCode::GATEWAY_TIMEOUT,
+        5 => StatusCode::NOT_FOUND,
+        6 | 10 => StatusCode::CONFLICT,
+        7 => StatusCode::FORBIDDEN,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        16 => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The problem type slug of a gRPC status: `grpc-not-found`, ….
+pub fn status_slug(code: u16) -> &'static str {
+    match code {
+        1 => "grpc-cancelled",
+        3 => "grpc-invalid-argument",
+        4 => "grpc-deadline-exceeded",
+        5 => "grpc-not-found",
+        6 => "grpc-already-exists",
+        7 => "grpc-permission-denied",
+        8 => "grpc-resource-exhausted",
+        9 => "grpc-failed-precondition",
+        10 => "grpc-aborted",
+        11 => "grpc-out-of-range",
+        12 => "grpc-unimplemented",
+        13 => "grpc-internal",
+        14 => "grpc-unavailable",
+        15 => "grpc-data-loss",
+        16 => "grpc-unauthenticated",
+        _ => "grpc-unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_like_grpc_gateway() {
+        assert_eq!(http_status(5), StatusCode::NOT_FOUND);
+        assert_eq!(http_status(3), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(16), StatusCode::UNAUTHORIZED);
+        assert_eq!(http_status(14), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(http_status(99), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(status_slug(5), "grpc-not-found");
+    }
+
+    #[test]
+    fn frames_are_checked() {
+        assert_eq!(
+            frames(b"\0\0\0\0\x02hi\0\0\0\0\0").unwrap(),
+            vec![&b"hi"[..], &b""[..]]
+        );
+        assert!(frames(b"\0\0\0\0\x05hi").is_err());
+        assert!(frames(b"\x01\0\0\0\x02hi").is_err());
+        assert!(frames(b"\0\0").is_err());
+    }
+
+    #[test]
+    fn timeouts_fit_the_header() {
+        assert_eq!(grpc_timeout(Duration::from_millis(1500)), "1500m");
+        assert_eq!(grpc_timeout(Duration::ZERO), "1m");
+        assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
+    }
+}
