@@ -267,6 +267,13 @@ async fn rest_calls_are_transcoded_both_ways() {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.header("content-type"), "application/json");
+    // Fields in the message's order, as protobuf JSON printers write them.
+    assert!(
+        r.body
+            .starts_with(br#"{"sku":"abc","displayName":"Item abc","quantity":"#),
+        "{:?}",
+        r.body
+    );
     assert_eq!(
         r.json(),
         json!({

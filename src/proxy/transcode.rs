@@ -443,34 +443,40 @@ impl Binding {
             return Err(GatewayError::GrpcStatus { code, message });
         }
         let output = self.grpc.output();
-        let mut values = Vec::new();
-        for frame in frames(&data)? {
+        let messages = frames(&data)?;
+        let streaming = self.grpc.is_server_streaming();
+        if !streaming && messages.len() != 1 {
+            return Err(GatewayError::UpstreamProtocol(format!(
+                "a unary gRPC answer with {} messages",
+                messages.len()
+            )));
+        }
+        // Written straight out, in the messages' field order.
+        let mut out = Vec::with_capacity(data.len() * 2 + 2);
+        if streaming && !ndjson {
+            out.push(b'[');
+        }
+        for (i, frame) in messages.into_iter().enumerate() {
             let msg = DynamicMessage::decode(output.clone(), frame).map_err(|e| {
                 GatewayError::UpstreamProtocol(format!("a gRPC message that does not decode: {e}"))
             })?;
-            values.push(self.to_json(&msg)?);
-        }
-        let streaming = self.grpc.is_server_streaming();
-        let (content_type, json) = if !streaming {
-            if values.len() != 1 {
-                return Err(GatewayError::UpstreamProtocol(format!(
-                    "a unary gRPC answer with {} messages",
-                    values.len()
-                )));
+            if i > 0 && streaming && !ndjson {
+                out.push(b',');
             }
-            ("application/json", serde_json::to_vec(&values[0]))
-        } else if ndjson {
-            let mut out = Vec::new();
-            for v in &values {
-                serde_json::to_writer(&mut out, v)
-                    .map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
+            self.write_json(&msg, &mut out)?;
+            if ndjson {
                 out.push(b'\n');
             }
-            ("application/x-ndjson", Ok(out))
+        }
+        if streaming && !ndjson {
+            out.push(b']');
+        }
+        let content_type = if ndjson {
+            "application/x-ndjson"
         } else {
-            ("application/json", serde_json::to_vec(&values))
+            "application/json"
         };
-        let json = Bytes::from(json.map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?);
+        let json = Bytes::from(out);
         let mut resp = Response::new(ResponseBody::full(json.clone()));
         let h = resp.headers_mut();
         // The upstream's metadata goes on; its gRPC framing headers do not.
@@ -487,19 +493,42 @@ impl Binding {
 
     /// One answer message as proto3 JSON (lowerCamelCase names, 64-bit
     /// integers as strings, enums by name), or only its `response_body`.
-    fn to_json(&self, msg: &DynamicMessage) -> Result<serde_json::Value, GatewayError> {
-        let options = SerializeOptions::new();
-        let json = msg
-            .serialize_with_options(serde_json::value::Serializer, &options)
-            .map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
-        Ok(match &self.response_body {
-            None => json,
-            Some(f) => match json.get(f.json_name()) {
-                Some(v) => v.clone(),
-                // Default values are left out of the message's JSON.
-                None => default_json(f),
-            },
-        })
+    fn write_json(&self, msg: &DynamicMessage, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        let err = |e: serde_json::Error| GatewayError::UpstreamProtocol(e.to_string());
+        let write = |m: &DynamicMessage, out: &mut Vec<u8>| {
+            m.serialize_with_options(&mut serde_json::Serializer::new(out), &SerializeOptions::new())
+                .map_err(err)
+        };
+        let Some(f) = &self.response_body else {
+            return write(msg, out);
+        };
+        match &*msg.get_field(f) {
+            Value::Message(m) => write(m, out),
+            Value::List(items) if items.iter().all(|i| matches!(i, Value::Message(_))) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    if let Value::Message(m) = item {
+                        write(m, out)?;
+                    }
+                }
+                out.push(b']');
+                Ok(())
+            }
+            // Scalars and maps: their JSON form, from the message's.
+            _ => {
+                let json = msg
+                    .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+                    .map_err(err)?;
+                let value = json
+                    .get(f.json_name())
+                    .cloned()
+                    .unwrap_or_else(|| default_json(f));
+                serde_json::to_writer(out, &value).map_err(err)
+            }
+        }
     }
 }
 
