@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod forward;
 pub mod forwarded;
 pub mod framing;
+pub mod grpc_web;
 pub mod handler;
 pub mod server;
 pub mod transcode;

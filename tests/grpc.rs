@@ -451,6 +451,87 @@ async fn native_grpc_passes_through_with_trailers() {
     assert_eq!(text(&item, "sku"), "native");
 }
 
+/// The frames of a gRPC(-Web) body: (flag, bytes).
+fn web_frames(mut data: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while data.len() >= 5 {
+        let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+        out.push((data[0], data[5..5 + len].to_vec()));
+        data = &data[5 + len..];
+    }
+    assert!(data.is_empty(), "trailing bytes");
+    out
+}
+
+#[tokio::test]
+async fn grpc_web_is_translated_both_ways() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let s = setup().await;
+    let mut msg = DynamicMessage::new(s.pool.get_message_by_name("shop.v1.GetItemRequest").unwrap());
+    msg.set_field_by_name("sku", Value::String("web".into()));
+    let item_desc = s.pool.get_message_by_name("shop.v1.Item").unwrap();
+
+    // Binary, over HTTP/1.1 as browsers send it.
+    let r = send(
+        &client_h1(),
+        req("POST", &s.gw.url("/shop.v1.Inventory/GetItem"))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(Full::new(framed(&msg)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), "application/grpc-web+proto");
+    let frames = web_frames(&r.body);
+    assert_eq!(frames.len(), 2, "a message, then the trailers");
+    let item = DynamicMessage::decode(item_desc.clone(), &frames[0].1[..]).unwrap();
+    assert_eq!(text(&item, "sku"), "web");
+    assert_eq!(frames[1].0, 0x80);
+    assert_eq!(
+        String::from_utf8(frames[1].1.clone()).unwrap(),
+        "grpc-status:0\r\n"
+    );
+    // The upstream got gRPC.
+    let seen = s.seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(seen["content-type"], "application/grpc+proto");
+    assert_eq!(seen["te"], "trailers");
+
+    // Text: base64 both ways.
+    let r = send(
+        &client_h1(),
+        req("POST", &s.gw.url("/shop.v1.Inventory/GetItem"))
+            .header("content-type", "application/grpc-web-text")
+            .body(Full::new(Bytes::from(b64.encode(framed(&msg)))))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.header("content-type"), "application/grpc-web-text+proto");
+    let frames = web_frames(&b64.decode(&r.body).unwrap());
+    assert_eq!(
+        text(
+            &DynamicMessage::decode(item_desc, &frames[0].1[..]).unwrap(),
+            "sku"
+        ),
+        "web"
+    );
+    assert_eq!(frames[1].0, 0x80);
+
+    // A trailers-only answer keeps its status in the headers.
+    msg.set_field_by_name("sku", Value::String("missing".into()));
+    let r = send(
+        &client_h1(),
+        req("POST", &s.gw.url("/shop.v1.Inventory/GetItem"))
+            .header("content-type", "application/grpc-web+proto")
+            .body(Full::new(framed(&msg)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.header("grpc-status"), "5");
+    assert!(r.body.is_empty());
+}
+
 #[test]
 fn bad_transcoding_configs_name_the_field() {
     let (_, path) = descriptor_set();

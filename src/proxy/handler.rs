@@ -324,6 +324,15 @@ async fn process(
             if websocket {
                 return upgrade(rt, route, upstream, &ctx, host, parts, pq, body, ex).await;
             }
+            // gRPC-Web from a browser goes up as gRPC (`grpc_web.rs`).
+            let grpc_web = match upstream.protocol {
+                Protocol::Http1 => None,
+                Protocol::Http2 | Protocol::Grpc => super::grpc_web::variant(&parts.headers),
+            };
+            let body = match grpc_web {
+                Some(v) => super::grpc_web::request(v, &mut parts, body).await?,
+                None => body,
+            };
             let plan = match route.pipeline.cache(&ctx) {
                 Some(cache) => {
                     // As routes see it: lower case, no port.
@@ -354,6 +363,10 @@ async fn process(
                         deadline,
                     };
                     let resp = super::forward::forward(call, parts, pq, body, ex).await?;
+                    let resp = match grpc_web {
+                        Some(v) => super::grpc_web::response(v, resp),
+                        None => resp,
+                    };
                     match plan {
                         Some(plan) => plan.finish(resp).await,
                         None => resp,
