@@ -87,6 +87,8 @@ async fn one_answer_from_three_services_with_the_auth_context() {
         assert_eq!(v[name]["headers"]["authorization"][0], format!("Bearer {t}"));
         assert_eq!(v[name]["headers"]["x-request-id"][0], r.header("x-request-id"));
         assert_eq!(v[name]["headers"]["accept"][0], "application/json");
+        // HTTP/1.1 upstreams need a Host: the client's, as when proxying.
+        assert_eq!(v[name]["headers"]["host"][0], gw.addr().to_string());
     }
 
     // The route's auth applies: no token, no calls.

@@ -298,7 +298,11 @@ async fn upstreams_over_tls_with_a_custom_ca_sni_and_client_certificates() {
             h1.addr
         ));
         get(&gw.url("/x")).await.problem(502, "bad-gateway");
-        assert!(gw.logged("invalid peer certificate"), "the log says why");
+        // The log is read from the gateway's stderr by another thread.
+        eventually("the log says why", || async {
+            gw.logged("invalid peer certificate")
+        })
+        .await;
     }
 
     // mTLS to the upstream: it requires a certificate from its client CA.

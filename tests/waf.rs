@@ -101,7 +101,10 @@ async fn block_detect_and_exclusions() {
     ] {
         assert!(m.contains(line), "{line} in\n{m}");
     }
-    assert!(gw.logged("WAF detected a match"));
+    eventually("the detection is logged", || async {
+        gw.logged("WAF detected a match")
+    })
+    .await;
 }
 
 #[test]

@@ -204,3 +204,50 @@ async fn an_idle_tunnel_is_closed() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
     assert_eq!(close_code(&mut ws).await, 1001);
 }
+
+#[tokio::test]
+async fn websocket_over_http2_is_an_extended_connect() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let (addr, seen) = echo_server().await;
+    let gw = gateway(addr, "");
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let connect = |key: Option<&str>| {
+        let mut b = http::Request::builder()
+            .method("CONNECT")
+            .uri(format!("http://{}/chat", gw.addr()))
+            .header("sec-websocket-version", "13");
+        if let Some(k) = key {
+            b = b.header("x-api-key", k);
+        }
+        let mut req = b.body(Empty::<bytes::Bytes>::new()).unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+    // The server's SETTINGS (extended CONNECT allowed) arrive first.
+    sender.ready().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Auth applies to it as to an HTTP/1.1 upgrade.
+    let refused = sender.send_request(connect(None)).await.unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let resp = sender.send_request(connect(Some("ann-key"))).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stream = hyper::upgrade::on(resp).await.unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(stream), Role::Client, None).await;
+    ws.send(Message::text("over h2")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over h2"));
+    // The upstream saw an HTTP/1.1 upgrade with a key of the gateway's.
+    let h = seen.lock().unwrap().handshakes[0].clone();
+    assert_eq!(h["upgrade"], "websocket");
+    assert!(h.contains_key("sec-websocket-key"));
+    ws.close(None).await.unwrap();
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method, Response, request};
 use http_body_util::BodyExt;
@@ -338,19 +338,15 @@ impl Aggregate {
 
 /// A call's request: GET, with the client's headers after the request
 /// phases (its credentials, the headers auth plugins set, the request id,
-/// `X-Forwarded-*`, `traceparent`), minus those about the client's body.
+/// `X-Forwarded-*`, `traceparent`, `Host` as when proxying; an HTTP/2
+/// client's authority becomes Host in the upstream phase), minus those
+/// about the client's body.
 fn sub_request(client: &request::Parts) -> request::Parts {
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = Method::GET;
     parts.version = client.version;
     parts.headers = client.headers.clone();
-    for name in [
-        CONTENT_LENGTH,
-        TRANSFER_ENCODING,
-        CONTENT_TYPE,
-        ACCEPT_ENCODING,
-        HOST,
-    ] {
+    for name in [CONTENT_LENGTH, TRANSFER_ENCODING, CONTENT_TYPE, ACCEPT_ENCODING] {
         parts.headers.remove(name);
     }
     parts.headers.remove("content-encoding");

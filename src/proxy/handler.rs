@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::forwarded;
+use super::websocket::Upgrade;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Protocol;
 use crate::error::GatewayError;
@@ -130,6 +131,12 @@ async fn process(
     {
         return Ok(metrics_response());
     }
+    // A WebSocket over HTTP/2 is an extended CONNECT: routed and checked
+    // as the GET it stands for.
+    let websocket = super::websocket::upgrade_kind(&parts);
+    if websocket == Upgrade::Http2 {
+        parts.method = http::Method::GET;
+    }
     let raw_path = parts.uri.path();
     // `None` when normalization changed nothing (the common case: no copy).
     let normalized = match path::normalize(raw_path).map_err(GatewayError::InvalidPath)? {
@@ -163,9 +170,8 @@ async fn process(
     } else {
         conn.peer.ip()
     };
-    let websocket = super::websocket::is_upgrade(&parts);
     let te_trailers = forwarded::strip_hop_by_hop(&mut parts.headers);
-    if websocket {
+    if websocket != Upgrade::No {
         super::websocket::set_upgrade_headers(&mut parts.headers);
     }
     // Room for the headers set below, in one growth instead of several.
@@ -321,7 +327,7 @@ async fn process(
                     .headers
                     .insert(http::header::TE, HeaderValue::from_static("trailers"));
             }
-            if websocket {
+            if websocket != Upgrade::No {
                 return upgrade(rt, route, upstream, &ctx, host, parts, pq, body, ex).await;
             }
             // gRPC-Web from a browser goes up as gRPC (`grpc_web.rs`).
@@ -408,6 +414,10 @@ async fn upgrade(
             close: false,
         });
     }
+    let over_h2 = parts.version == Version::HTTP_2;
+    if over_h2 {
+        super::websocket::as_http1_upgrade(&mut parts);
+    }
     let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return Err(GatewayError::BadRequest {
             detail: "this connection cannot be upgraded",
@@ -421,14 +431,24 @@ async fn upgrade(
         host,
         deadline: ctx.deadline,
     };
-    let mut resp = super::forward::forward(call, parts, pq, body, ex).await?;
+    // An upgrade request has no body; over HTTP/2 the stream's data is the
+    // tunnel's, never a body to send up.
+    drop(body);
+    let mut resp =
+        super::forward::forward(call, parts, pq, RequestBody::full(bytes::Bytes::new()), ex).await?;
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         let Some(theirs) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
             return Err(GatewayError::UpstreamProtocol(
                 "a 101 without an upgradable connection".into(),
             ));
         };
-        super::websocket::set_upgrade_headers(resp.headers_mut());
+        if over_h2 {
+            // RFC 8441: a 200 opens the stream; HTTP/2 has no upgrade headers.
+            *resp.status_mut() = http::StatusCode::OK;
+            resp.headers_mut().remove("sec-websocket-accept");
+        } else {
+            super::websocket::set_upgrade_headers(resp.headers_mut());
+        }
         super::websocket::spawn_tunnel(
             client,
             theirs,

@@ -597,6 +597,8 @@ fn connection_builder(limits: &crate::config::LimitsConfig) -> auto::Builder<Tok
         // CVE-2023-44487 (rapid reset): at most this many streams reset
         // before being accepted; past it the connection gets GOAWAY.
         .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024);
+        .max_local_error_reset_streams(1024)
+        // RFC 8441: WebSocket over HTTP/2 (an extended CONNECT).
+        .enable_connect_protocol();
     builder
 }

@@ -1,7 +1,10 @@
 //! WebSocket proxying (SPEC section 4): an HTTP/1.1 `Upgrade: websocket`
-//! request goes through the request phases like any other (auth and rate
-//! limits apply to it), then to an `http1` upstream on a connection of its
-//! own. On `101 Switching Protocols` the two connections become a tunnel:
+//! request, or an HTTP/2 extended CONNECT (RFC 8441, routed as a `GET`),
+//! goes through the request phases like any other (auth and rate limits
+//! apply to it), then to an `http1` upstream as an HTTP/1.1 upgrade on a
+//! connection of its own. On `101 Switching Protocols` the client's
+//! connection (or HTTP/2 stream, answered 200) and the upstream's become a
+//! tunnel:
 //!
 //! ```text
 //! client ⇄ frame scanner ⇄ upstream
@@ -28,10 +31,29 @@ const READ_BUFFER: usize = 16 << 10;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_GOING_AWAY: u16 = 1001;
 
-/// Whether the request asks to become a WebSocket (RFC 6455 section 4.1).
+/// How a request asks to become a WebSocket, if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    No,
+    /// HTTP/1.1 `GET` with `Connection: upgrade`, `Upgrade: websocket`
+    /// (RFC 6455 section 4.1).
+    Http1,
+    /// HTTP/2 extended `CONNECT` with `:protocol websocket` (RFC 8441).
+    Http2,
+}
+
 /// Read before hop-by-hop headers are removed.
-pub fn is_upgrade(parts: &request::Parts) -> bool {
-    parts.version == Version::HTTP_11
+pub fn upgrade_kind(parts: &request::Parts) -> Upgrade {
+    if parts.version == Version::HTTP_2
+        && parts.method == Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+    {
+        return Upgrade::Http2;
+    }
+    let h1 = parts.version == Version::HTTP_11
         && parts.method == Method::GET
         && parts
             .headers
@@ -42,7 +64,22 @@ pub fn is_upgrade(parts: &request::Parts) -> bool {
         && parts
             .headers
             .get(UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if h1 { Upgrade::Http1 } else { Upgrade::No }
+}
+
+/// An HTTP/2 WebSocket request as the HTTP/1.1 upgrade an upstream
+/// expects: a `GET` with a fresh `Sec-WebSocket-Key` (RFC 8441 clients send
+/// none; the upstream's answer to it is checked by nobody but is required).
+pub fn as_http1_upgrade(parts: &mut request::Parts) {
+    parts.method = Method::GET;
+    if !parts.headers.contains_key("sec-websocket-key") {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_be_bytes());
+        if let Ok(v) = HeaderValue::from_str(&key) {
+            parts.headers.insert("sec-websocket-key", v);
+        }
+    }
 }
 
 /// The hop-by-hop headers of an upgrade, set again on the request sent
