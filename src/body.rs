@@ -315,6 +315,25 @@ impl Body for ResponseBody {
     }
 }
 
+/// An upstream's answer read whole, at most `limit` bytes, with its
+/// trailers: 504 when the upstream stalls, 502 when it breaks or sends more.
+pub async fn collect_answer(
+    body: ResponseBody,
+    limit: usize,
+) -> Result<http_body_util::Collected<Bytes>, GatewayError> {
+    use http_body_util::BodyExt;
+    http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if caused_by::<ReadTimeout>(&*e) {
+                GatewayError::GatewayTimeout
+            } else {
+                GatewayError::UpstreamProtocol(format!("reading the upstream's answer: {e}"))
+            }
+        })
+}
+
 /// The first `T` in `err`'s source chain (`err` included).
 pub fn find_cause<'a, T: std::error::Error + 'static>(
     err: &'a (dyn std::error::Error + 'static),

@@ -85,12 +85,28 @@ impl Exchange {
                 consumer: None,
             })
         });
+        Exchange::new(Instant::now(), method.clone(), peer, None, log)
+    }
+
+    /// The record of one of this request's own upstream calls (an
+    /// aggregate's): counted in upstream metrics, not logged or traced apart.
+    pub fn sub_request(&self) -> Exchange {
+        Exchange::new(self.start, Method::GET, self.peer, self.route, None)
+    }
+
+    fn new(
+        start: Instant,
+        method: Method,
+        peer: IpAddr,
+        route: Option<usize>,
+        log: Option<Box<LogFields>>,
+    ) -> Exchange {
         Exchange {
-            start: Instant::now(),
-            method: method.clone(),
+            start,
+            method,
             peer,
             status: 0,
-            route: None,
+            route,
             target: None,
             upstream_time: None,
             upstream_status: None,
@@ -98,25 +114,6 @@ impl Exchange {
             cors: None,
             trace: None,
             log,
-        }
-    }
-
-    /// The record of one of this request's own upstream calls (an
-    /// aggregate's): counted in upstream metrics, not logged or traced apart.
-    pub fn sub_request(&self) -> Exchange {
-        Exchange {
-            start: self.start,
-            method: Method::GET,
-            peer: self.peer,
-            status: 0,
-            route: self.route,
-            target: None,
-            upstream_time: None,
-            upstream_status: None,
-            quota: None,
-            cors: None,
-            trace: None,
-            log: None,
         }
     }
 

@@ -4,7 +4,6 @@
 //! the only case where a body is read whole (up to [`MAX_JSON_BODY`]).
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response, request, response};
-use http_body_util::BodyExt;
 
 use super::json_ops::{JsonOps, is_json};
 use crate::body::{RequestBody, ResponseBody};
@@ -204,11 +203,7 @@ impl ResponseTransform {
             return Ok(resp);
         }
         let (mut parts, body) = resp.into_parts();
-        let data = http_body_util::Limited::new(body, MAX_JSON_BODY)
-            .collect()
-            .await
-            .map_err(|e| GatewayError::UpstreamProtocol(format!("reading a JSON answer to transform: {e}")))?
-            .to_bytes();
+        let data = crate::body::collect_answer(body, MAX_JSON_BODY).await?.to_bytes();
         let mut doc: serde_json::Value = serde_json::from_slice(&data).map_err(|e| {
             GatewayError::UpstreamProtocol(format!("an answer labelled JSON is not JSON: {e}"))
         })?;

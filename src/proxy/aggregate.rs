@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method, Response, request};
-use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
@@ -415,16 +414,8 @@ async fn read_json(resp: Response<ResponseBody>) -> Result<Value, Failure> {
     if !status.is_success() {
         return Err(Failure::Status(status.as_u16()));
     }
-    let data = http_body_util::Limited::new(resp.into_body(), MAX_CALL_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if crate::body::caused_by::<crate::body::ReadTimeout>(&*e) {
-                Failure::Timeout
-            } else {
-                Failure::BadAnswer
-            }
-        })?
+    let data = crate::body::collect_answer(resp.into_body(), MAX_CALL_BODY)
+        .await?
         .to_bytes();
     if data.is_empty() {
         return Ok(Value::Null);

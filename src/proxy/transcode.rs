@@ -23,7 +23,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TE};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, request};
-use http_body_util::BodyExt;
 use prost::Message;
 use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
@@ -413,16 +412,7 @@ impl Binding {
                 parts.status
             )));
         }
-        let collected = http_body_util::Limited::new(body, MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| {
-                if crate::body::caused_by::<crate::body::ReadTimeout>(&*e) {
-                    GatewayError::GatewayTimeout
-                } else {
-                    GatewayError::UpstreamProtocol(format!("reading a gRPC answer: {e}"))
-                }
-            })?;
+        let collected = crate::body::collect_answer(body, MAX_ANSWER).await?;
         let trailers = collected.trailers().cloned();
         let data = collected.to_bytes();
         // A trailers-only answer carries its status in the headers.
