@@ -1,4 +1,5 @@
-//! The command line (SPEC section 1): `run`, `validate`, `version`.
+//! The command line (SPEC section 1): `run`, `validate`, `version`, and
+//! `completions` / `man` generated from this same definition.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,20 @@ enum Command {
     },
     /// Print the version and enabled features.
     Version,
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff), e.g. `portcullis man > portcullis.1`.
+    Man,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -73,14 +88,62 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help`: printed on stdout, exit 0.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // A bad argument: the error, with the usage line, and exit 2.
+        Err(e) => {
+            let text = e.render().to_string();
+            eprint!("{text}");
+            if !text.contains("Usage:") {
+                // The usage of the subcommand given, if one was.
+                use clap::CommandFactory;
+                let mut cmd = Cli::command();
+                cmd.build();
+                let sub = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+                let usage = match sub.as_deref().and_then(|s| cmd.find_subcommand_mut(s)) {
+                    Some(sub) => sub.render_usage(),
+                    None => cmd.render_usage(),
+                };
+                eprintln!("\n{usage}");
+            }
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
         Command::Version => {
             println!("portcullis {}", env!("CARGO_PKG_VERSION"));
             println!(
-                "features: http1, h2c, routing, load-balancing, hot-reload, admin-api, prometheus-metrics, access-log, otlp-traces, plugins: ip_restriction, api_key, acl, request_transform, response_transform"
+                "features: http1, h2c, tls, routing, load-balancing, retries, health-checks, circuit-breaker, hot-reload, admin-api, prometheus-metrics, access-log, otlp-traces, websocket, grpc, grpc-web, grpc-transcode, aggregate"
+            );
+            println!(
+                "plugins: ip_restriction, waf, cors, api_key, jwt, phantom_token, hmac_auth, acl, rate_limit, request_validation, request_transform, cache, response_transform, compression"
             );
             ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cannot write the man page: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Validate { config } => match crate::snapshot::load(&config) {
             Ok((loaded, runtime)) => {

@@ -186,5 +186,43 @@ fn a_taken_port_is_a_one_line_start_failure() {
 fn version_prints() {
     let out = Command::new(bin()).arg("version").output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("portcullis 0.1.0"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("portcullis 0.1.0"));
+    assert!(
+        text.contains("grpc-transcode") && text.contains("compression"),
+        "{text}"
+    );
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef portcullis"),
+        ("fish", "complete -c portcullis"),
+    ] {
+        let out = Command::new(bin()).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {text}");
+        for sub in ["run", "validate", "completions"] {
+            assert!(text.contains(sub), "{shell} completes {sub}");
+        }
+    }
+    // An unknown shell: usage on stderr, exit 2.
+    let out = Command::new(bin())
+        .args(["completions", "powershell7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
+
+    let out = Command::new(bin()).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let roff = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        roff.starts_with(".ie") || roff.contains(".TH portcullis"),
+        "{roff}"
+    );
+    assert!(roff.contains("validate"));
 }
