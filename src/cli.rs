@@ -1,5 +1,6 @@
 //! The command line (SPEC section 1): `run`, `validate`, `version`, and
-//! `completions` / `man` generated from this same definition.
+//! `completions` / `man` generated from this same definition, and
+//! `schema`, the config file's JSON Schema derived from its types.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ enum Command {
     },
     /// Print the man page (roff), e.g. `portcullis man > portcullis.1`.
     Man,
+    /// Print the JSON Schema of the config file (for editors: see docs/configuration.md).
+    Schema,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -133,6 +136,10 @@ pub fn main() -> ExitCode {
                 Shell::Fish => clap_complete::Shell::Fish,
             };
             clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Schema => {
+            println!("{}", crate::config::json_schema());
             ExitCode::SUCCESS
         }
         Command::Man => {

@@ -126,6 +126,14 @@ impl Loaded {
 }
 
 /// Reads and parses a config file (YAML or JSON), substituting the process environment.
+/// The JSON Schema of the config file (draft 2020-12), derived from the
+/// typed model: one source of truth for the parser, editors and docs.
+pub fn json_schema() -> String {
+    let mut schema = schemars::schema_for!(model::Config);
+    schema.insert("title".into(), "Portcullis config (portcullis.yaml)".into());
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigErrors> {
     let text = read_file(path)?;
     load_str(&text, &path.display().to_string(), &|name| {

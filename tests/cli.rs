@@ -226,3 +226,49 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
     );
     assert!(roff.contains("validate"));
 }
+
+#[test]
+fn the_schema_describes_every_example() {
+    let out = Command::new(bin()).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    // The copy in docs/ (what editors point at) is the one the binary prints.
+    let committed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/portcullis.schema.json"
+    ))
+    .unwrap();
+    assert!(
+        committed == out.stdout,
+        "docs/portcullis.schema.json is stale: run `cargo run -- schema > docs/portcullis.schema.json`"
+    );
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    files.push(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/spec-full.yaml").into());
+    for path in &files {
+        let text = std::fs::read_to_string(path).unwrap();
+        let node = portcullis::config::parse_document(&text, "x").unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&portcullis::config::emit::to_json(&node, false)).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    }
+    // And it refuses what the loader refuses: an unknown key, a bad duration.
+    let bad: serde_json::Value = serde_json::json!({"version": 1, "routes": [{"name": "a", "upstrem": "x"}]});
+    assert!(!validator.is_valid(&bad));
+    let bad = serde_json::json!({"version": 1, "server": {"shutdown_timeout": "ten seconds"}});
+    assert!(!validator.is_valid(&bad));
+    let ok = serde_json::json!({"version": 1, "server": {"shutdown_timeout": "${GRACE}"}});
+    assert!(
+        validator.is_valid(&ok),
+        "${{ENV}} references are accepted anywhere a string is"
+    );
+}

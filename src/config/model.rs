@@ -1,16 +1,17 @@
 //! The typed config file (SPEC section 2). Plain data: serde structs with
-//! defaults and `deny_unknown_fields`, no behaviour. Every section of the
-//! contract is here, including capabilities that are refused by
-//! `validate` until they are built, so configs written for them are read.
+//! defaults and `deny_unknown_fields`, no behaviour. The JSON Schema of the
+//! file (`portcullis schema`) is derived from these same types, doc
+//! comments included.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::types::{ByteSize, Cidr, Duration, Rate};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub version: u32,
@@ -30,7 +31,7 @@ pub struct Config {
     pub plugins: PluginsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default = "default_listeners")]
@@ -84,7 +85,7 @@ fn default_shutdown_timeout() -> Duration {
     Duration::secs(30)
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     #[serde(default)]
@@ -94,7 +95,7 @@ pub struct ListenerConfig {
     pub tls: Option<ListenerTlsConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
     pub certificates: Vec<CertificateConfig>,
@@ -104,7 +105,7 @@ pub struct ListenerTlsConfig {
     pub alpn: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     pub cert: String,
@@ -113,7 +114,7 @@ pub struct CertificateConfig {
     pub server_names: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuthConfig {
     pub ca: String,
@@ -121,7 +122,7 @@ pub struct ClientAuthConfig {
     pub required: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_connections: u32,
@@ -147,7 +148,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogConfig {
     #[serde(default = "yes")]
@@ -166,7 +167,7 @@ fn default_access_log_buffer() -> ByteSize {
     ByteSize(8 << 20)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestIdConfig {
     pub header: String,
@@ -183,7 +184,7 @@ impl Default for RequestIdConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
     #[serde(default)]
@@ -203,7 +204,7 @@ fn default_service_name() -> String {
     "portcullis".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_address")]
@@ -218,7 +219,7 @@ fn default_admin_address() -> SocketAddr {
     "127.0.0.1:9901".parse().unwrap()
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     #[serde(default)]
@@ -238,13 +239,13 @@ fn default_redis_timeout() -> Duration {
     Duration::millis(50)
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisClusterConfig {
     pub nodes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -270,7 +271,7 @@ pub struct UpstreamConfig {
     pub retries: Option<RetriesConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     pub url: String,
@@ -282,7 +283,7 @@ fn default_weight() -> u32 {
     100
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadBalancing {
     #[default]
@@ -293,7 +294,7 @@ pub enum LoadBalancing {
     ConsistentHash,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     #[default]
@@ -302,7 +303,7 @@ pub enum Protocol {
     Grpc,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
     #[serde(default)]
@@ -315,7 +316,7 @@ pub struct UpstreamTlsConfig {
     pub server_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamTimeouts {
     pub connect: Duration,
@@ -333,7 +334,7 @@ impl Default for UpstreamTimeouts {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeepaliveConfig {
     pub max_idle_per_target: usize,
@@ -349,7 +350,7 @@ impl Default for KeepaliveConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthChecksConfig {
     #[serde(default)]
@@ -358,7 +359,7 @@ pub struct HealthChecksConfig {
     pub passive: Option<PassiveHealthCheckConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveHealthCheckConfig {
     pub path: String,
@@ -372,7 +373,7 @@ pub struct ActiveHealthCheckConfig {
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveHealthCheckConfig {
     #[serde(default = "five")]
@@ -381,7 +382,7 @@ pub struct PassiveHealthCheckConfig {
     pub timeout_threshold: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     pub failure_rate: f64,
@@ -395,12 +396,14 @@ pub struct CircuitBreakerConfig {
     pub failure_statuses: Option<Vec<u16>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetriesConfig {
     #[serde(default = "one")]
     pub attempts: u32,
+    /// `connect_failure`, `reset`, and answer statuses (`502`, `503`, `504`).
     #[serde(default)]
+    #[schemars(schema_with = "retry_on_schema")]
     pub on: Vec<String>,
     #[serde(default)]
     pub backoff: Option<Duration>,
@@ -408,7 +411,7 @@ pub struct RetriesConfig {
     pub budget: Option<f64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -436,7 +439,7 @@ pub struct RouteConfig {
     pub grpc_transcode: Option<GrpcTranscodeConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     #[serde(default)]
@@ -450,7 +453,7 @@ pub struct MatchConfig {
     pub headers: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RespondConfig {
     #[serde(default = "default_status")]
@@ -465,14 +468,14 @@ fn default_status() -> u16 {
     200
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateConfig {
     pub timeout: Duration,
     pub calls: BTreeMap<String, AggregateCallConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateCallConfig {
     pub upstream: String,
@@ -485,7 +488,7 @@ pub struct AggregateCallConfig {
     pub timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcTranscodeConfig {
     pub descriptor_set: String,
@@ -493,7 +496,7 @@ pub struct GrpcTranscodeConfig {
     pub services: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
     pub name: String,
@@ -513,7 +516,7 @@ pub struct ConsumerConfig {
     pub plugins: PluginsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyCredential {
     #[serde(default)]
@@ -522,7 +525,7 @@ pub struct ApiKeyCredential {
     pub key_sha256: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacCredential {
     pub key_id: String,
@@ -530,7 +533,7 @@ pub struct HmacCredential {
 }
 
 /// The plugins of one scope (global, route or consumer), by name.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     #[serde(default)]
@@ -563,7 +566,7 @@ pub struct PluginsConfig {
     pub compression: Option<CompressionConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany<T> {
     One(T),
@@ -579,7 +582,7 @@ impl<T> OneOrMany<T> {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpRestrictionConfig {
     #[serde(default)]
@@ -588,7 +591,7 @@ pub struct IpRestrictionConfig {
     pub deny: Vec<Cidr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WafConfig {
     #[serde(default)]
@@ -603,7 +606,7 @@ pub struct WafConfig {
     pub exclude: Vec<WafExclusion>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WafRuleFamily {
     Sqli,
@@ -613,7 +616,7 @@ pub enum WafRuleFamily {
     Protocol,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WafInspect {
     Path,
@@ -622,7 +625,7 @@ pub enum WafInspect {
     Body,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WafMode {
     #[default]
@@ -630,7 +633,7 @@ pub enum WafMode {
     Detect,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WafExclusion {
     pub rule: String,
@@ -638,7 +641,7 @@ pub struct WafExclusion {
     pub path: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
     #[serde(default)]
@@ -655,7 +658,7 @@ pub struct CorsConfig {
     pub max_age: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestValidationConfig {
     /// A file path, or the schema inline.
@@ -664,7 +667,7 @@ pub struct RequestValidationConfig {
     pub content_types: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     #[serde(default = "default_api_key_header")]
@@ -679,7 +682,7 @@ fn default_api_key_header() -> String {
     "X-Api-Key".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     #[serde(default)]
@@ -712,7 +715,7 @@ fn default_consumer_claim() -> String {
     "sub".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtKeyConfig {
     #[serde(default)]
@@ -726,7 +729,7 @@ pub struct JwtKeyConfig {
     pub secret: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PhantomTokenConfig {
     pub source: PhantomSource,
@@ -747,14 +750,14 @@ fn default_forward_header() -> String {
     "Authorization".into()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PhantomSource {
     Redis,
     Introspection,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     pub url: String,
@@ -764,7 +767,7 @@ pub struct IntrospectionConfig {
     pub signing_key: Option<JwtKeyConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacAuthConfig {
     #[serde(default = "default_hmac_skew")]
@@ -777,7 +780,7 @@ fn default_hmac_skew() -> Duration {
     Duration::secs(300)
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Store {
     #[default]
@@ -787,7 +790,7 @@ pub enum Store {
     Memory,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AclConfig {
     #[serde(default)]
@@ -796,7 +799,7 @@ pub struct AclConfig {
     pub deny: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitPolicy {
     #[serde(default)]
@@ -823,7 +826,7 @@ fn default_sync_interval() -> Duration {
     Duration::millis(100)
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitAlgorithm {
     #[default]
@@ -834,7 +837,7 @@ pub enum RateLimitAlgorithm {
     SlidingWindowCounter,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStoreError {
     #[default]
@@ -842,7 +845,7 @@ pub enum OnStoreError {
     Deny,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestTransformConfig {
     #[serde(default)]
@@ -853,7 +856,7 @@ pub struct RequestTransformConfig {
     pub json: Option<JsonTransformConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderTransformConfig {
     #[serde(default)]
@@ -866,7 +869,7 @@ pub struct HeaderTransformConfig {
     pub rename: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryTransformConfig {
     #[serde(default)]
@@ -875,7 +878,7 @@ pub struct QueryTransformConfig {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonTransformConfig {
     #[serde(default)]
@@ -888,7 +891,7 @@ pub struct JsonTransformConfig {
     pub allow: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     #[serde(default = "thirty_seconds")]
@@ -907,7 +910,7 @@ fn default_cache_store() -> Store {
     Store::Memory
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseTransformConfig {
     #[serde(default)]
@@ -916,7 +919,7 @@ pub struct ResponseTransformConfig {
     pub json: Option<JsonTransformConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompressionConfig {
     #[serde(default)]
@@ -957,4 +960,18 @@ fn five_seconds() -> Duration {
 }
 fn thirty_seconds() -> Duration {
     Duration::secs(30)
+}
+
+/// `retries.on`: condition names or status codes (YAML writes those as numbers).
+fn retry_on_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "anyOf": [
+                {"enum": ["connect_failure", "reset"]},
+                {"type": "integer", "minimum": 100, "maximum": 599},
+                {"type": "string", "pattern": "^[1-5][0-9][0-9]$"},
+            ]
+        }
+    })
 }

@@ -7,6 +7,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, de};
 
+/// Values written as strings, in the JSON Schema: the pattern, or an
+/// `${ENV}` reference substituted at load.
+fn string_schema(pattern: &str, description: &str) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": format!("^(?:{pattern})$|\\$\\{{"),
+        "description": description,
+    })
+}
+
 /// A duration written with a unit: `250ms`, `10s`, `5m`, `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Duration(pub std::time::Duration);
@@ -168,6 +178,61 @@ impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        string_schema(
+            "[0-9]+(?:ms|s|m|h)|0",
+            "A duration with a unit: 250ms, 10s, 5m, 1h",
+        )
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let text = string_schema(
+            "[0-9]+(?:B|KiB|MiB|GiB|KB|kB|MB|GB)?",
+            "A size: bytes, or a number with a unit (16KiB, 10MiB, 1GiB, KB, MB, GB)",
+        );
+        schemars::json_schema!({
+            "anyOf": [{"type": "integer", "minimum": 0}, text],
+        })
+    }
+}
+
+impl schemars::JsonSchema for Rate {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Rate".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        string_schema(
+            "[0-9]+/(?:s|m|h)",
+            "A rate: a count per second, minute or hour (10/s, 600/m)",
+        )
+    }
+}
+
+impl schemars::JsonSchema for Cidr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cidr".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        string_schema(
+            "[0-9A-Fa-f.:]+(?:/[0-9]{1,3})?",
+            "An IP address or CIDR block (10.0.0.0/8, 2001:db8::/32)",
+        )
     }
 }
 
