@@ -44,6 +44,22 @@ enum Command {
         #[arg(short, long, env = "PORTCULLIS_CONFIG", default_value = "portcullis.yaml")]
         config: PathBuf,
     },
+    /// Show which route a request would take and why, its plugins and its
+    /// upstream, without sending anything. Exit 1 when no route takes it.
+    Explain {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG", default_value = "portcullis.yaml")]
+        config: PathBuf,
+        /// The request's method (GET, POST, …).
+        method: String,
+        /// A URL (`http://api.example.com/users/7?x=1`) or a path.
+        url: String,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version and enabled features.
     Version,
     /// Print a shell completion script (bash, zsh or fish).
@@ -137,6 +153,39 @@ pub fn main() -> ExitCode {
             };
             clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut std::io::stdout());
             ExitCode::SUCCESS
+        }
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+            json,
+        } => {
+            let runtime = match crate::snapshot::load(&config) {
+                Ok((_, runtime)) => runtime,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
+            };
+            match crate::explain::explain(&runtime, &method, &url, &headers) {
+                Ok(e) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&e.json).unwrap_or_default());
+                    } else {
+                        print!("{}", crate::explain::text(&e));
+                    }
+                    if e.routed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Schema => {
             println!("{}", crate::config::json_schema());

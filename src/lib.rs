@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod explain;
 pub mod hex;
 pub mod plugins;
 pub mod proxy;

@@ -33,6 +33,23 @@ pub enum Segment {
     Rest(String),
 }
 
+/// As written in the config (`= /health`, `/users/{id}`, `~ ^/v1$`).
+impl std::fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathPattern::Exact(p) => write!(f, "= {p}"),
+            PathPattern::Regex(r) => write!(f, "~ {r}"),
+            PathPattern::Prefix(lits) if lits.is_empty() => f.write_str("/"),
+            PathPattern::Prefix(lits) => lits.iter().try_for_each(|l| write!(f, "/{l}")),
+            PathPattern::Template(segs) => segs.iter().try_for_each(|s| match s {
+                Segment::Literal(l) => write!(f, "/{l}"),
+                Segment::Param(n) => write!(f, "/{{{n}}}"),
+                Segment::Rest(n) => write!(f, "/{{{n}*}}"),
+            }),
+        }
+    }
+}
+
 impl PathPattern {
     pub fn parse(s: &str) -> Result<PathPattern, String> {
         if let Some(p) = s.strip_prefix('=') {
@@ -237,6 +254,29 @@ pub struct Match {
     pub route: usize,
     /// Index of the matched path within the table (for captures and explain).
     entry: u32,
+}
+
+/// Why a route whose path matches did or did not take a request
+/// (`portcullis explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Chosen,
+    /// Its `match.hosts` do not include the request's host.
+    Host,
+    /// This `match.headers` entry is missing or differs.
+    Header(String),
+    /// Its `match.methods` (a method set) exclude the request's method.
+    Method(u16),
+    /// It matches too, but a more specific route was chosen.
+    LessSpecific,
+}
+
+/// One route path that matches the request's path, most specific first.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub route: usize,
+    pub pattern: String,
+    pub verdict: Verdict,
 }
 
 /// The request facts a lookup needs.
@@ -468,6 +508,106 @@ impl RouteTable {
             None if best.allow != 0 => Lookup::MethodNotAllowed(best.allow),
             None => Lookup::NotFound,
         }
+    }
+
+    /// Every route path matching the request's path, most specific first,
+    /// each with why it was or was not chosen; the chosen one agrees with
+    /// [`RouteTable::lookup`]. For `portcullis explain`, not the hot path.
+    pub fn explain(&self, req: &RouteRequest<'_>) -> Vec<Candidate> {
+        let mut ids: Vec<u32> = self.exact.get(req.path).cloned().unwrap_or_default();
+        self.collect(&self.root, req.path.strip_prefix('/'), &mut ids);
+        ids.extend(
+            self.regex_set
+                .matches(req.path)
+                .iter()
+                .map(|i| self.regex_entries[i]),
+        );
+        ids.sort_by_key(|id| (std::cmp::Reverse(self.entries[*id as usize].rank), *id));
+        ids.dedup();
+        let chosen = match self.lookup(req) {
+            Lookup::Found(m) => Some(m.entry),
+            _ => None,
+        };
+        let method = method_bit(req.method.as_str()).unwrap_or(0);
+        ids.into_iter()
+            .map(|id| {
+                let e = &self.entries[id as usize];
+                let verdict = if Some(id) == chosen {
+                    Verdict::Chosen
+                } else if e
+                    .hosts
+                    .as_ref()
+                    .is_some_and(|h| !req.host.is_some_and(|host| h.matches(host)))
+                {
+                    Verdict::Host
+                } else if let Some((name, _)) = e.headers.iter().find(|(name, m)| {
+                    !req.headers.get_all(name).iter().any(|v| match m {
+                        HeaderMatch::Exact(want) => v == want,
+                        HeaderMatch::Regex(re) => v.to_str().is_ok_and(|s| re.is_match(s)),
+                    })
+                }) {
+                    Verdict::Header(name.to_string())
+                } else if e.methods != 0 && e.methods & method == 0 {
+                    Verdict::Method(e.methods)
+                } else {
+                    Verdict::LessSpecific
+                };
+                Candidate {
+                    route: e.route,
+                    pattern: e.pattern.to_string(),
+                    verdict,
+                }
+            })
+            .collect()
+    }
+
+    /// The trie's entries whose path matches, whatever their conditions.
+    fn collect(&self, node: &Node, rest: Option<&str>, out: &mut Vec<u32>) {
+        out.extend(node.prefix.iter().chain(&node.rest));
+        match rest {
+            None => out.extend(&node.end),
+            Some(r) => {
+                let (seg, next) = match r.find('/') {
+                    Some(i) => (&r[..i], Some(&r[i + 1..])),
+                    None => (r, None),
+                };
+                if let Some(child) = node.literal.get(seg) {
+                    self.collect(child, next, out);
+                }
+                if !seg.is_empty()
+                    && let Some(param) = &node.param
+                {
+                    self.collect(param, next, out);
+                }
+            }
+        }
+    }
+
+    /// Up to `n` route paths nearest to `path` (most leading segments in
+    /// common), for an explanation of a request no route takes.
+    pub fn nearest(&self, path: &str, n: usize) -> Vec<(usize, String)> {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut scored: Vec<(usize, usize, String)> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let text = e.pattern.to_string();
+                let literal = text.trim_start_matches(['=', '~', ' ', '^']);
+                let common = literal
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .zip(&segs)
+                    .take_while(|(a, b)| a == *b || a.starts_with('{'))
+                    .count();
+                (common, e.route, text)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored
+            .into_iter()
+            .take(n)
+            .map(|(_, route, p)| (route, p))
+            .collect()
     }
 
     /// `rest`: what follows the `/` after this node; `None` when the path ends here.

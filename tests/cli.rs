@@ -272,3 +272,85 @@ fn the_schema_describes_every_example() {
         "${{ENV}} references are accepted anywhere a string is"
     );
 }
+
+/// Runs `portcullis explain` on `yaml`: exit code, stdout.
+fn explain(yaml: &str, args: &[&str]) -> (i32, String) {
+    let path = write_config(yaml);
+    let out = Command::new(bin())
+        .args(["explain", "-c"])
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn explain_says_which_route_and_why_the_others_did_not() {
+    let yaml = "version: 1\n\
+        upstreams:\n  - name: users\n    targets: [{url: \"http://127.0.0.1:9001\"}]\n\
+        \x20 - name: admin\n    targets: [{url: \"http://127.0.0.1:9002\"}]\n\
+        routes:\n\
+        \x20 - name: health\n    match: {paths: [\"= /api/users/health\"]}\n    respond: {body: ok}\n\
+        \x20 - name: internal\n    match: {paths: [/api/users], hosts: [internal.example.com]}\n    upstream: admin\n\
+        \x20 - name: writes\n    match: {paths: [\"/api/users/{id}\"], methods: [PUT, DELETE]}\n    upstream: admin\n\
+        \x20 - name: one-user\n    match: {paths: [\"/api/users/{id}\"]}\n    upstream: users\n    rewrite: /v2/users/{id}\n    plugins: {rate_limit: {rate: 5/s}, api_key: {}}\n\
+        \x20 - name: users\n    match: {paths: [/api/users]}\n    upstream: users\n    strip_prefix: /api\n\
+        \x20 - name: legacy\n    match: {paths: [\"~ ^/api/users/[0-9]+$\"]}\n    upstream: users\n";
+
+    let (code, out) = explain(yaml, &["GET", "http://api.example.com/api/users/7?full=1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("route     one-user (routes[3])"), "{out}");
+    assert!(out.contains("captures id=7"), "{out}");
+    // The more specific candidates come first, each with why it lost.
+    let writes = out.find("writes").unwrap();
+    let chosen = out.find("* one-user").unwrap();
+    assert!(writes < chosen, "{out}");
+    assert!(out.contains("it takes PUT, DELETE only"), "{out}");
+    assert!(out.contains("its hosts do not include api.example.com"), "{out}");
+    assert!(
+        out.contains("it matches too, but a more specific route wins"),
+        "{out}"
+    );
+    // Plugins in phase order, whatever the file order; the rewritten path.
+    assert!(out.contains("plugins   api_key → rate_limit"), "{out}");
+    assert!(out.contains("upstream path /v2/users/7?full=1"), "{out}");
+
+    // The host changes the answer.
+    let (_, out) = explain(yaml, &["GET", "http://internal.example.com:8080/api/users/7"]);
+    assert!(out.contains("* one-user"), "a template beats a prefix: {out}");
+    let (_, out) = explain(yaml, &["GET", "http://internal.example.com/api/users"]);
+    assert!(out.contains("route     internal"), "{out}");
+
+    // JSON for scripts.
+    let (code, out) = explain(yaml, &["DELETE", "/api/users/7", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["route"]["name"], "writes");
+    assert_eq!(v["action"]["upstream"], "admin");
+    assert_eq!(v["action"]["upstream_path"], "/api/users/7");
+    assert_eq!(v["request"]["method"], "DELETE");
+
+    // No route: said so, with the nearest ones; exit 1.
+    let (code, out) = explain(yaml, &["GET", "/api/orders/7"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("route     none: 404"), "{out}");
+    assert!(out.contains("nearest routes:"), "{out}");
+    let (code, out) = explain(yaml, &["GET", "/api/%2e%2e/%2e%2e/etc"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("400 urn:portcullis:error:invalid-path"), "{out}");
+    // A header in `-H` that is not one.
+    let path = write_config(yaml);
+    let out = Command::new(bin())
+        .args(["explain", "-c"])
+        .arg(&path)
+        .args(["GET", "/", "-H", "nocolon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a header"));
+}

@@ -463,7 +463,7 @@ async fn upgrade(
 
 /// The path and query sent upstream. Reuses the client's (no copy) unless
 /// normalization, `strip_prefix` or `rewrite` changed it.
-fn upstream_path_and_query<'a>(
+pub(crate) fn upstream_path_and_query<'a>(
     uri: &Uri,
     path: &'a str,
     strip_prefix: Option<&str>,
