@@ -39,6 +39,13 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// Serve a demo: the gateway in front of sample services in this
+    /// process, with a tour of curl commands to try.
+    Demo {
+        /// The gateway's port on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// Check a config file: exit 0 if valid, 1 with every error listed.
     Validate {
         #[arg(short, long, env = "PORTCULLIS_CONFIG", default_value = "portcullis.yaml")]
@@ -153,6 +160,27 @@ pub fn main() -> ExitCode {
             };
             clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut std::io::stdout());
             ExitCode::SUCCESS
+        }
+        Command::Demo { port } => {
+            init_logging(cli.log_format, &cli.log_level);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(crate::demo::run(port, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(reason) => {
+                    eprintln!("{reason}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Explain {
             config,

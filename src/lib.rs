@@ -21,6 +21,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod hex;

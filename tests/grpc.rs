@@ -557,3 +557,25 @@ fn bad_transcoding_configs_name_the_field() {
         fails_with("validate", yaml, &[want]);
     }
 }
+
+/// The demo's inventory service embeds a compiled copy of
+/// tests/fixtures/protos: it must be the one those files compile to.
+/// `PORTCULLIS_BLESS=1 cargo test --test grpc` writes it again.
+#[test]
+fn the_demo_descriptor_set_is_current() {
+    let mut compiler = protox::Compiler::new([PROTOS]).unwrap();
+    compiler
+        .include_imports(true)
+        .open_file("inventory.proto")
+        .unwrap();
+    let fresh = compiler.encode_file_descriptor_set();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/demo/inventory.pb");
+    if std::env::var_os("PORTCULLIS_BLESS").is_some() {
+        std::fs::write(path, &fresh).unwrap();
+    }
+    let committed = std::fs::read(path).unwrap_or_default();
+    assert!(
+        committed == fresh,
+        "src/demo/inventory.pb is stale: run PORTCULLIS_BLESS=1 cargo test --test grpc"
+    );
+}
