@@ -77,7 +77,11 @@ enum Command {
     /// Print the man page (roff), e.g. `portcullis man > portcullis.1`.
     Man,
     /// Print the JSON Schema of the config file (for editors: see docs/configuration.md).
-    Schema,
+    Schema {
+        /// Print the configuration reference in Markdown instead (docs/config-reference.md).
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -215,8 +219,12 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Schema => {
-            println!("{}", crate::config::json_schema());
+        Command::Schema { markdown } => {
+            if markdown {
+                print!("{}", crate::config::reference_markdown());
+            } else {
+                println!("{}", crate::config::json_schema());
+            }
             ExitCode::SUCCESS
         }
         Command::Man => {

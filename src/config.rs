@@ -134,6 +134,155 @@ pub fn json_schema() -> String {
     serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
 
+/// The configuration reference in Markdown, generated from the JSON Schema
+/// (so from the typed model): every section, key, type and default.
+pub fn reference_markdown() -> String {
+    use serde_json::Value;
+    let schema: Value = serde_json::from_str(&json_schema()).unwrap_or_default();
+    let defs = schema["$defs"].as_object().cloned().unwrap_or_default();
+    // Sections in the order a reader meets them (from the top, depth first),
+    // each titled with the first place in the file it is found at.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(r) = map.get("$ref").and_then(Value::as_str) {
+                    out.push(r.trim_start_matches("#/$defs/").to_string());
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut queue = vec![("(top level)".to_string(), String::new())];
+    while let Some((name, at)) = queue.pop() {
+        if order.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let def = if name == "(top level)" {
+            &schema
+        } else {
+            &defs[&name]
+        };
+        let mut next = Vec::new();
+        if let Some(props) = def["properties"].as_object() {
+            for (key, p) in props {
+                let mut found = Vec::new();
+                refs(p, &mut found);
+                let list = if p["type"] == "array" || p["items"].is_object() {
+                    "[]"
+                } else {
+                    ""
+                };
+                let path = if at.is_empty() {
+                    format!("{key}{list}")
+                } else {
+                    format!("{at}.{key}{list}")
+                };
+                next.extend(found.into_iter().map(|f| (f, path.clone())));
+            }
+        }
+        let mut found = Vec::new();
+        refs(&def["anyOf"], &mut found);
+        refs(&def["oneOf"], &mut found);
+        next.extend(found.into_iter().map(|f| (f, at.clone())));
+        order.push((name, at));
+        queue.extend(next.into_iter().rev());
+    }
+    let mut out = String::from(
+        "# Configuration reference (generated)\n\n\
+         Generated from the typed config by `portcullis schema --markdown`; a\n\
+         test keeps this file current. The guide with explanations and\n\
+         examples is [configuration.md](configuration.md).\n",
+    );
+    for (name, at) in order {
+        let def = if name == "(top level)" {
+            &schema
+        } else {
+            &defs[&name]
+        };
+        if at.is_empty() {
+            out.push_str(&format!("\n## {name}\n\n"));
+        } else {
+            out.push_str(&format!("\n## {name}\n\nAt `{at}`.\n\n"));
+        }
+        if let Some(d) = def["description"].as_str() {
+            out.push_str(&format!("{}\n\n", d.replace('\n', " ")));
+        }
+        match def["properties"].as_object() {
+            Some(props) => {
+                out.push_str("| key | type | default | |\n|---|---|---|---|\n");
+                let required: Vec<&str> = def["required"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                for (key, p) in props {
+                    let default = if required.contains(&key.as_str()) {
+                        "required".to_string()
+                    } else {
+                        match p.get("default") {
+                            None | Some(Value::Null) => "–".to_string(),
+                            Some(d) => format!("`{d}`"),
+                        }
+                    };
+                    let about = p["description"]
+                        .as_str()
+                        .unwrap_or("")
+                        .replace('\n', " ")
+                        .replace('|', "\\|");
+                    out.push_str(&format!("| `{key}` | {} | {default} | {about} |\n", type_of(p)));
+                }
+            }
+            None => out.push_str(&format!("{}\n", type_of(def))),
+        }
+    }
+    out
+}
+
+/// A schema's type in words, with links to sections.
+fn type_of(p: &serde_json::Value) -> String {
+    use serde_json::Value;
+    if let Some(r) = p["$ref"].as_str() {
+        let name = r.trim_start_matches("#/$defs/");
+        return format!("[{name}](#{})", name.to_lowercase());
+    }
+    if let Some(options) = p["anyOf"].as_array().or_else(|| p["oneOf"].as_array()) {
+        let parts: Vec<String> = options
+            .iter()
+            .filter(|o| o["type"] != "null")
+            .map(type_of)
+            .collect();
+        return parts.join(" or ");
+    }
+    if let Some(values) = p["enum"].as_array() {
+        let names: Vec<String> = values
+            .iter()
+            .map(|v| format!("`{}`", v.as_str().map_or(v.to_string(), str::to_string)))
+            .collect();
+        return names.join(" \\| ");
+    }
+    let ty = match &p["type"] {
+        Value::String(t) => t.clone(),
+        Value::Array(ts) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ => String::new(),
+    };
+    match ty.as_str() {
+        "array" => format!("list of {}", type_of(&p["items"])),
+        "object" if p["additionalProperties"].is_object() => {
+            format!("map of {}", type_of(&p["additionalProperties"]))
+        }
+        "string" if p["pattern"].is_string() => "string".to_string(),
+        "" => "any".to_string(),
+        t => t.to_string(),
+    }
+}
+
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigErrors> {
     let text = read_file(path)?;
     load_str(&text, &path.display().to_string(), &|name| {

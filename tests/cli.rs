@@ -261,6 +261,26 @@ fn the_schema_describes_every_example() {
             .collect();
         assert!(errors.is_empty(), "{}: {errors:?}", path.display());
     }
+    // The reference in docs/ is generated from the same model.
+    let out = Command::new(bin())
+        .args(["schema", "--markdown"])
+        .output()
+        .unwrap();
+    let committed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config-reference.md")).unwrap();
+    assert!(
+        committed == out.stdout,
+        "docs/config-reference.md is stale: run `cargo run -- schema --markdown > docs/config-reference.md`"
+    );
+    let reference = String::from_utf8_lossy(&out.stdout);
+    for section in [
+        "## RouteConfig",
+        "At `routes[]`.",
+        "`max_request_body_bytes`",
+        "## RateLimitPolicy",
+    ] {
+        assert!(reference.contains(section), "{section}");
+    }
+
     // And it refuses what the loader refuses: an unknown key, a bad duration.
     let bad: serde_json::Value = serde_json::json!({"version": 1, "routes": [{"name": "a", "upstrem": "x"}]});
     assert!(!validator.is_valid(&bad));
