@@ -153,27 +153,46 @@ enum RewritePart {
     Capture(String),
 }
 
+/// A piece of text with `{name}` placeholders (`rewrite`, aggregate paths).
+pub(crate) enum Brace<'a> {
+    Text(&'a str),
+    Name(&'a str),
+}
+
+/// Splits `s` into literal text and `{…}` names.
+pub(crate) fn braces(s: &str) -> Result<Vec<Brace<'_>>, String> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(Brace::Text(&rest[..open]));
+        }
+        let close = rest[open..].find('}').ok_or("unclosed `{`")? + open;
+        parts.push(Brace::Name(&rest[open + 1..close]));
+        rest = &rest[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("unmatched `}`".into());
+    }
+    if !rest.is_empty() {
+        parts.push(Brace::Text(rest));
+    }
+    Ok(parts)
+}
+
 impl Rewrite {
     fn parse(s: &str) -> Result<Rewrite, String> {
         let mut parts = Vec::new();
-        let mut rest = s;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(RewritePart::Literal(rest[..open].to_string()));
-            }
-            let close = rest[open..].find('}').ok_or("unclosed `{`")? + open;
-            let name = &rest[open + 1..close];
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!("`{{{name}}}` is not a capture name"));
-            }
-            parts.push(RewritePart::Capture(name.to_string()));
-            rest = &rest[close + 1..];
-        }
-        if rest.contains('}') {
-            return Err("unmatched `}`".into());
-        }
-        if !rest.is_empty() {
-            parts.push(RewritePart::Literal(rest.to_string()));
+        for piece in braces(s)? {
+            parts.push(match piece {
+                Brace::Text(t) => RewritePart::Literal(t.to_string()),
+                Brace::Name(name) => {
+                    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                        return Err(format!("`{{{name}}}` is not a capture name"));
+                    }
+                    RewritePart::Capture(name.to_string())
+                }
+            });
         }
         Ok(Rewrite { parts })
     }

@@ -34,7 +34,9 @@ fn every_example_validates() {
     let mut n = 0;
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
     let plugins = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/plugins");
-    let entries = std::fs::read_dir(root).unwrap().chain(std::fs::read_dir(plugins).unwrap());
+    let entries = std::fs::read_dir(root)
+        .unwrap()
+        .chain(std::fs::read_dir(plugins).unwrap());
     for entry in entries {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml" || e == "json") {

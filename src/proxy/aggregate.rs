@@ -104,20 +104,11 @@ impl Template {
             return Err("must start with `/`".into());
         }
         let mut parts = Vec::new();
-        let mut rest = s;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_string()));
-            }
-            let close = rest[open..].find('}').ok_or("unclosed `{`")? + open;
-            parts.push(Part::Var(Var::parse(&rest[open + 1..close])?));
-            rest = &rest[close + 1..];
-        }
-        if rest.contains('}') {
-            return Err("unmatched `}`".into());
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
+        for piece in crate::snapshot::braces(s)? {
+            parts.push(match piece {
+                crate::snapshot::Brace::Text(t) => Part::Literal(t.to_string()),
+                crate::snapshot::Brace::Name(name) => Part::Var(Var::parse(name)?),
+            });
         }
         let literal: String = parts
             .iter()
