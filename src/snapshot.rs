@@ -32,13 +32,15 @@ pub struct Runtime {
     pub routes: Vec<Route>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Known callers by name, with their own plugins; auth phases set one
-    /// on the request (`consumers` are refused by validation until the auth
-    /// plugins land).
+    /// on the request.
     pub consumers: HashMap<String, Arc<Consumer>>,
     /// `portcullis_requests_total` of requests that matched no route.
     pub unrouted: CounterCache,
     /// What the plugins share: credential indexes, key sets, connections.
     pub shared: plugins::Shared,
+    /// Whether any scope has `compression` (else the client's
+    /// Accept-Encoding is not kept for the response phase).
+    pub compresses: bool,
 }
 
 impl Runtime {
@@ -497,6 +499,9 @@ fn build(cfg: &Config, previous: Option<&Runtime>, open_outputs: bool) -> Result
             unrouted: CounterCache::default(),
             consumers,
             shared,
+            compresses: cfg.plugins.compression.is_some()
+                || cfg.routes.iter().any(|r| r.plugins.compression.is_some())
+                || cfg.consumers.iter().any(|c| c.plugins.compression.is_some()),
         }),
         _ => Err(errors),
     }

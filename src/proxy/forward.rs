@@ -27,6 +27,7 @@ use crate::telemetry::metrics::{Name, UpstreamLabel, UpstreamRequestLabels};
 use crate::telemetry::{self, Exchange};
 use crate::upstream::breaker::Permit;
 use crate::upstream::health::Outcome;
+use crate::upstream::pool::UpgradeRequest;
 use crate::upstream::retry::{self, REPLAY_LIMIT};
 use crate::upstream::{CallError, InFlight, Lease, PickContext, SendError, Target, Upstream};
 
@@ -337,6 +338,8 @@ struct Replay {
     uri: Uri,
     headers: http::HeaderMap,
     body: Bytes,
+    /// A WebSocket upgrade goes again on a connection of its own.
+    upgrade: bool,
 }
 
 impl Replay {
@@ -346,6 +349,7 @@ impl Replay {
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
             body,
+            upgrade: parts.extensions.get::<UpgradeRequest>().is_some(),
         }
     }
 
@@ -354,6 +358,9 @@ impl Replay {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
+        if self.upgrade {
+            req.extensions_mut().insert(UpgradeRequest);
+        }
         req
     }
 }

@@ -246,7 +246,10 @@ async fn process(
         .and_then(|l| l.bytes_in.counter(&body.size_hint()));
     let mut body = RequestBody::new(body, route.max_body, bytes_in);
     // What the client accepts, before a request transform edits it for the upstream.
-    let accept_encoding = crate::plugins::compression::accept_encoding(&parts.headers);
+    let accept_encoding = rt
+        .compresses
+        .then(|| crate::plugins::compression::accept_encoding(&parts.headers))
+        .flatten();
     let flow = route.pipeline.on_request(&mut ctx, &mut parts, &mut body).await;
     ex.quota = ctx.quota;
     ex.cors = ctx.cors.take();
@@ -296,9 +299,8 @@ async fn process(
         }
         Action::Transcode { upstream, transcoder } if !crate::proxy::transcode::is_grpc(&parts.headers) => {
             let path = normalized.as_deref().unwrap_or(parts.uri.path()).to_string();
-            transcoder
-                .run(route, upstream, &ctx, host, parts, &path, body, ex)
-                .await?
+            // Boxed: rare branches keep the common request future small (it is moved whole).
+            Box::pin(transcoder.run(route, upstream, &ctx, host, parts, &path, body, ex)).await?
         }
         Action::Aggregate(agg) => {
             let path = normalized.as_deref().unwrap_or(parts.uri.path());
@@ -308,7 +310,7 @@ async fn process(
                 req: &parts,
                 ctx: &ctx,
             };
-            agg.run(route, &values, ex).await?
+            Box::pin(agg.run(route, &values, ex)).await?
         }
         // Proxied as is (a native gRPC request on a transcoding route too).
         Action::Proxy { .. } | Action::Transcode { .. } => {
@@ -328,7 +330,7 @@ async fn process(
                     .insert(http::header::TE, HeaderValue::from_static("trailers"));
             }
             if websocket != Upgrade::No {
-                return upgrade(rt, route, upstream, &ctx, host, parts, pq, body, ex).await;
+                return Box::pin(upgrade(rt, route, upstream, &ctx, host, parts, pq, body, ex)).await;
             }
             // gRPC-Web from a browser goes up as gRPC (`grpc_web.rs`).
             let grpc_web = match upstream.protocol {
@@ -344,9 +346,9 @@ async fn process(
                     // As routes see it: lower case, no port.
                     let cache_host = host.as_ref().map(|h| route_host(h.as_str()));
                     let client_path = normalized.as_deref().unwrap_or(parts.uri.path());
-                    let plan = cache
-                        .plan(&ctx, &parts, cache_host.as_deref().unwrap_or(""), client_path)
-                        .await;
+                    let plan =
+                        Box::pin(cache.plan(&ctx, &parts, cache_host.as_deref().unwrap_or(""), client_path))
+                            .await;
                     telemetry::metrics()
                         .cache_requests
                         .get_or_create(&RouteResultLabels {
@@ -374,7 +376,7 @@ async fn process(
                         None => resp,
                     };
                     match plan {
-                        Some(plan) => plan.finish(resp).await,
+                        Some(plan) => Box::pin(plan.finish(resp)).await,
                         None => resp,
                     }
                 }
@@ -414,6 +416,7 @@ async fn upgrade(
             close: false,
         });
     }
+    parts.extensions.insert(crate::upstream::pool::UpgradeRequest);
     let over_h2 = parts.version == Version::HTTP_2;
     if over_h2 {
         super::websocket::as_http1_upgrade(&mut parts);

@@ -95,6 +95,11 @@ pub struct Pool {
     h2_dial: tokio::sync::Mutex<()>,
 }
 
+/// Marks a request (in its extensions) as a WebSocket upgrade: sent on a
+/// connection of its own, driven with upgrades on.
+#[derive(Clone, Copy)]
+pub struct UpgradeRequest;
+
 /// A connection held by one exchange until its response body is done.
 pub enum Lease {
     Http1(H1Conn),
@@ -177,7 +182,8 @@ impl Pool {
                 Err(_) => Err(SendError::sent(CallError::HeadTimeout)),
             };
         }
-        if req.headers().contains_key(http::header::UPGRADE) {
+        // Marked by the handler; an empty extension map makes this check free.
+        if req.extensions().get::<UpgradeRequest>().is_some() {
             return self.send_upgrade(req, head_deadline).await;
         }
         let mut req = req;
