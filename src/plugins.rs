@@ -587,6 +587,21 @@ pub(crate) fn query_value(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// Appends `value` with every byte escaped as `%XX` but ASCII letters,
+/// digits and the bytes in `keep`.
+pub(crate) fn percent_encode_into(out: &mut String, value: &str, keep: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+    }
+}
+
 /// `%XX` escapes and `+` decoded (a form: a query string).
 pub(crate) fn percent_decode(s: &str) -> String {
     decode_percent(s, true)

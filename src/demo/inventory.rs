@@ -6,14 +6,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
 
 /// `protoc --include_imports` of inventory.proto (kept current by
@@ -58,10 +57,7 @@ type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 fn grpc(messages: &[DynamicMessage], status: u32, message: &str) -> Response<Body> {
     let mut data = BytesMut::new();
     for m in messages {
-        let bytes = m.encode_to_vec();
-        data.put_u8(0);
-        data.put_u32(bytes.len() as u32);
-        data.put_slice(&bytes);
+        crate::proxy::transcode::frame(m, &mut data);
     }
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from(status));
@@ -69,7 +65,7 @@ fn grpc(messages: &[DynamicMessage], status: u32, message: &str) -> Response<Bod
         trailers.insert("grpc-message", v);
     }
     let frames = [Frame::data(data.freeze()), Frame::trailers(trailers)];
-    let body = http_body_util::StreamBody::new(tokio_stream_iter(frames));
+    let body = http_body_util::StreamBody::new(frames_stream(frames));
     let mut r = Response::new(body.boxed_unsync());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -79,7 +75,7 @@ fn grpc(messages: &[DynamicMessage], status: u32, message: &str) -> Response<Bod
 }
 
 /// A stream of a few frames known up front.
-fn tokio_stream_iter<const N: usize>(
+fn frames_stream<const N: usize>(
     frames: [Frame<Bytes>; N],
 ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
     futures_util::stream::iter(frames.into_iter().map(Ok))

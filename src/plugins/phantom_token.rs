@@ -299,14 +299,9 @@ fn claim(jwt: &str, name: &str) -> Option<Value> {
 /// `application/x-www-form-urlencoded` encoding of one value.
 fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    // Spaces kept, then written `+`: the only byte forms treat apart.
+    super::percent_encode_into(&mut out, s, b"-._~ ");
+    out.replace(' ', "+")
 }
 
 #[cfg(test)]

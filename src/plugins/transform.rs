@@ -84,15 +84,10 @@ pub struct RequestTransform {
     json: Option<JsonOps>,
 }
 
+/// A query name or value: RFC 3986 unreserved characters kept.
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    super::percent_encode_into(&mut out, s, b"-._~");
     out
 }
 

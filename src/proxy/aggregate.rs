@@ -142,17 +142,9 @@ impl Template {
     }
 }
 
+/// `.` is escaped too, so a value is never a `.` or `..` segment.
 fn encode_into(out: &mut String, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 15) as usize] as char);
-        }
-    }
+    crate::plugins::percent_encode_into(out, value, b"-_~");
 }
 
 /// Where template variables take their values from.

@@ -159,11 +159,8 @@ impl Transcoder {
         let (b, vars) = self.find(&parts.method, path)?;
         let data = body.read_whole().await?;
         let msg = b.request_message(&data, &vars, parts.uri.query())?;
-        let encoded = msg.encode_to_vec();
-        let mut framed = BytesMut::with_capacity(5 + encoded.len());
-        framed.put_u8(0);
-        framed.put_u32(encoded.len() as u32);
-        framed.put_slice(&encoded);
+        let mut framed = BytesMut::new();
+        frame(&msg, &mut framed);
 
         let ndjson = b.grpc.is_server_streaming()
             && parts
@@ -664,6 +661,15 @@ fn json_to_field(f: &FieldDescriptor, json: &serde_json::Value) -> Result<Value,
         v if !f.is_list() => one(v),
         _ => Err(format!("`{}` takes a list", f.name())),
     }
+}
+
+/// Appends `msg` as a gRPC frame: no compression flag, 4-byte length, bytes.
+pub fn frame(msg: &DynamicMessage, out: &mut BytesMut) {
+    let len = msg.encoded_len();
+    out.reserve(5 + len);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    msg.encode_raw(out);
 }
 
 /// The messages of a gRPC body (each: flag, 4-byte length, bytes).
