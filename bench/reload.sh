@@ -28,7 +28,7 @@ TOKEN=bench-token
 mkdir -p "$WORK"
 
 cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
-BIN="$ROOT/target/release/portcullis"
+BIN="${BIN:-$ROOT/target/release/portcullis}"
 
 gen() { # gen VERSION FILE
   python3 - "$ROUTES" "$1" "$PORT" "$ADMIN" "$TOKEN" >"$2" <<'PY'

@@ -300,9 +300,7 @@ impl Control {
         replaced.loaded.release();
         crate::telemetry::metrics().config_reload(true);
         let elapsed = started.elapsed();
-        // Usually the last reference: the old runtime is freed here, on the
-        // blocking pool, unless requests still run on it.
-        drop(old);
+        retire(old);
         tracing::info!(
             ?origin,
             version = %version,
@@ -322,6 +320,64 @@ impl Control {
             "config change refused; the config in force keeps serving:\n{errors}"
         );
         ApplyError::Invalid(errors)
+    }
+}
+
+/// Frees a runtime taken out of force once no request holds it any more,
+/// on a background thread. Freeing a runtime of thousands of routes takes
+/// milliseconds; done by whichever request let go of it last, it would
+/// stall a worker and every request on it.
+fn retire(old: Arc<snapshot::Runtime>) {
+    static RUNTIMES: Reaper<snapshot::Runtime> = Reaper::new();
+    RUNTIMES.retire(old);
+}
+
+/// A background thread (started at the first use) that drops what it is
+/// given once it holds the last reference.
+struct Reaper<T> {
+    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Arc<T>>>>,
+}
+
+impl<T: Send + Sync + 'static> Reaper<T> {
+    /// How often the retired values are checked for remaining holders.
+    const CHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
+    const fn new() -> Self {
+        Reaper {
+            tx: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn retire(&self, old: Arc<T>) {
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let sender = tx.get_or_insert_with(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            // If no thread can be started, values are freed where they are let go.
+            let _ = std::thread::Builder::new()
+                .name("config-retire".into())
+                .spawn(move || Self::run(&rx));
+            tx
+        });
+        if let Err(std::sync::mpsc::SendError(old)) = sender.send(old) {
+            *tx = None;
+            drop(old);
+        }
+    }
+
+    fn run(rx: &std::sync::mpsc::Receiver<Arc<T>>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        crate::yielding::background();
+        let mut retired = Vec::new();
+        loop {
+            match rx.recv_timeout(Self::CHECK) {
+                Ok(old) => retired.push(old),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            // Out of the handle, nobody can take a new reference: a value
+            // held only here is dropped, and freed, here.
+            retired.retain(|old| Arc::strong_count(old) > 1);
+        }
     }
 }
 
@@ -530,5 +586,39 @@ pub fn body_error(message: String) -> ConfigErrors {
             path: String::new(),
             message,
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the name of the thread that drops it.
+    struct Probe(Arc<std::sync::Mutex<Option<String>>>);
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            let name = std::thread::current().name().map(str::to_string);
+            *self.0.lock().unwrap() = Some(name.unwrap_or_default());
+        }
+    }
+
+    #[test]
+    fn a_retired_value_is_freed_by_the_reaper_once_its_last_holder_lets_go() {
+        static REAPER: Reaper<Probe> = Reaper::new();
+        let dropped_by = Arc::new(std::sync::Mutex::new(None));
+        let old = Arc::new(Probe(dropped_by.clone()));
+        // A request still running on the old value.
+        let request = old.clone();
+        REAPER.retire(old);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(*dropped_by.lock().unwrap(), None, "freed while still held");
+        drop(request);
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while dropped_by.lock().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "never freed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(dropped_by.lock().unwrap().as_deref(), Some("config-retire"));
     }
 }
