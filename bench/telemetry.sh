@@ -4,7 +4,8 @@
 # (../shared/bench/compare.sh), one worker each, HTTP/1.1 keep-alive:
 #
 #   plain        the gateway at $BASE_REV, the last commit before telemetry
-#                (no metrics, no access log), built from a git worktree
+#                (no metrics, no access log), built from a git worktree with
+#                this tree's allocator and release profile
 #   metrics      this tree: Prometheus metrics (always on), access log off
 #   metrics+log  this tree: metrics and the JSON access log to a file
 #
@@ -20,8 +21,17 @@ mkdir -p "$WORK"
 
 if [ ! -d "$WORK/baseline" ]; then
   git -C "$ROOT" worktree add --detach "$WORK/baseline" "$BASE_REV" >&2
+  # Built as this tree is (its allocator, its release profile), so the two
+  # differ in code only.
+  cp "$ROOT/src/main.rs" "$WORK/baseline/src/main.rs"
+  grep -q '^mimalloc' "$WORK/baseline/Cargo.toml" ||
+    sed -i "/^\[dependencies\]/a $(grep '^mimalloc' "$ROOT/Cargo.toml")" "$WORK/baseline/Cargo.toml"
 fi
-CARGO_TARGET_DIR="$WORK/baseline-target" cargo build --release --manifest-path "$WORK/baseline/Cargo.toml" >&2
+profile() { # the release profile's value of KEY in this tree's Cargo.toml
+  sed -n '/^\[profile.release\]/,/^\[/p' "$ROOT/Cargo.toml" | sed -n "s/^$1 = \"\{0,1\}\([^\"]*\)\"\{0,1\}$/\1/p"
+}
+CARGO_PROFILE_RELEASE_LTO="$(profile lto)" CARGO_PROFILE_RELEASE_CODEGEN_UNITS="$(profile codegen-units)" \
+  CARGO_TARGET_DIR="$WORK/baseline-target" cargo build --release --manifest-path "$WORK/baseline/Cargo.toml" >&2
 . "$ROOT/bench/common.sh"
 build_bench
 bench_config 19700 >"$WORK/plain.yaml"

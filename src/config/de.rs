@@ -506,7 +506,17 @@ pub fn line_index(node: &Node) -> std::collections::HashMap<String, u32> {
         }
         out.insert(path, node.line);
     }
-    let mut out = std::collections::HashMap::new();
+    fn count(node: &Node) -> usize {
+        crate::yielding::point();
+        1 + match &node.kind {
+            NodeKind::Scalar { .. } => 0,
+            NodeKind::Seq(items) => items.iter().map(count).sum(),
+            NodeKind::Map(entries) => entries.iter().map(|(_, v)| count(v)).sum(),
+        }
+    }
+    // Sized up front: rehashing a map of 100,000 paths as it grows takes
+    // milliseconds in one go, between two yield points of a reload.
+    let mut out = std::collections::HashMap::with_capacity(count(node));
     walk(node, String::new(), &mut out);
     out
 }
