@@ -335,31 +335,30 @@ fn retire(old: Arc<snapshot::Runtime>) {
 /// A background thread (started at the first use) that drops what it is
 /// given once it holds the last reference.
 struct Reaper<T> {
-    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Arc<T>>>>,
+    tx: std::sync::OnceLock<std::sync::mpsc::Sender<Arc<T>>>,
 }
 
 impl<T: Send + Sync + 'static> Reaper<T> {
-    /// How often the retired values are checked for remaining holders.
+    /// How often retired values still held elsewhere are checked again.
     const CHECK: std::time::Duration = std::time::Duration::from_millis(20);
 
     const fn new() -> Self {
         Reaper {
-            tx: std::sync::Mutex::new(None),
+            tx: std::sync::OnceLock::new(),
         }
     }
 
     fn retire(&self, old: Arc<T>) {
-        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let sender = tx.get_or_insert_with(|| {
+        let tx = self.tx.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel();
-            // If no thread can be started, values are freed where they are let go.
+            // If no thread can be started, sending fails and values are
+            // freed where they are let go.
             let _ = std::thread::Builder::new()
                 .name("config-retire".into())
                 .spawn(move || Self::run(&rx));
             tx
         });
-        if let Err(std::sync::mpsc::SendError(old)) = sender.send(old) {
-            *tx = None;
+        if let Err(std::sync::mpsc::SendError(old)) = tx.send(old) {
             drop(old);
         }
     }
@@ -369,7 +368,13 @@ impl<T: Send + Sync + 'static> Reaper<T> {
         crate::yielding::background();
         let mut retired = Vec::new();
         loop {
-            match rx.recv_timeout(Self::CHECK) {
+            // Asleep while nothing waits; polled only while something does.
+            let next = if retired.is_empty() {
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(Self::CHECK)
+            };
+            match next {
                 Ok(old) => retired.push(old),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
