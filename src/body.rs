@@ -204,7 +204,7 @@ pub enum ResponseBody {
 
 /// An upstream's response body on its way to the client.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: crate::upstream::Body,
     deadline: Instant,
     read_timeout: Duration,
     /// Armed only when the upstream makes us wait: most small bodies arrive
@@ -226,7 +226,12 @@ impl ResponseBody {
 
     /// Streams an upstream body; each chunk must arrive within `read_timeout`
     /// and the whole body before `deadline`.
-    pub fn upstream(inner: Incoming, deadline: Instant, read_timeout: Duration, in_flight: InFlight) -> Self {
+    pub fn upstream(
+        inner: crate::upstream::Body,
+        deadline: Instant,
+        read_timeout: Duration,
+        in_flight: InFlight,
+    ) -> Self {
         if inner.is_end_stream() {
             // hyper will not poll an empty body: the exchange is already complete.
             in_flight.finish();
@@ -274,7 +279,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     up.in_flight = None;
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(None) => {
                     if let Some(f) = up.in_flight.take() {

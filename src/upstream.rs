@@ -5,6 +5,7 @@ pub mod balance;
 pub mod breaker;
 pub mod fetch;
 pub mod health;
+pub mod http1;
 pub mod pool;
 pub mod retry;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 
 pub use balance::{Balancer, HashOn, PickContext};
-pub use pool::{CallError, Lease, Pool, PoolConfig, SendError};
+pub use pool::{Body, CallError, Pool, PoolConfig, SendError};
 
 use crate::config::{Protocol, UpstreamConfig};
 
@@ -87,24 +88,15 @@ impl Target {
     }
 }
 
-/// Holds a target's in-flight slot, and then the connection of the
-/// exchange, until the response body is done.
+/// Holds a target's in-flight slot until the response body is done (the
+/// body's connection goes back to the pool by itself).
 pub struct InFlight {
     target: Arc<Target>,
-    lease: Option<Lease>,
 }
 
 impl InFlight {
-    pub fn hold(&mut self, lease: Lease) {
-        self.lease = Some(lease);
-    }
-
-    /// The response was read to the end: the connection can serve another request.
-    pub fn finish(mut self) {
-        if let Some(lease) = self.lease.take() {
-            self.target.pool.release(lease);
-        }
-    }
+    /// The response was read to the end.
+    pub fn finish(self) {}
 }
 
 impl Drop for InFlight {
@@ -295,7 +287,7 @@ impl Upstream {
         };
         let target = self.targets[i].clone();
         target.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some((target.clone(), InFlight { target, lease: None }))
+        Some((target.clone(), InFlight { target }))
     }
 
     /// Counts a call's outcome for its target's health; logs and exports an

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, Version, request};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::forwarded;
@@ -29,7 +28,7 @@ use crate::upstream::breaker::Permit;
 use crate::upstream::health::Outcome;
 use crate::upstream::pool::UpgradeRequest;
 use crate::upstream::retry::{self, REPLAY_LIMIT};
-use crate::upstream::{CallError, InFlight, Lease, PickContext, SendError, Target, Upstream};
+use crate::upstream::{Body, CallError, InFlight, PickContext, SendError, Target, Upstream};
 
 /// What the upstream phase needs of the request around it.
 pub struct Call<'a> {
@@ -44,7 +43,7 @@ pub struct Call<'a> {
 
 /// How one attempt went.
 enum Attempt {
-    Answered(Response<Incoming>, Lease),
+    Answered(Response<Body>),
     Failed {
         error: GatewayError,
         /// The request, when it never left the gateway.
@@ -234,14 +233,14 @@ async fn send(
     let elapsed = sent.elapsed();
     upstream.duration.observe(elapsed.as_secs_f64());
     let outcome = match result {
-        Ok((resp, lease)) => Attempt::Answered(resp, lease),
+        Ok(resp) => Attempt::Answered(resp),
         Err(SendError { error, unsent }) => Attempt::Failed {
             error: call_error(error, route, target),
             unsent,
         },
     };
     let (status, health) = match &outcome {
-        Attempt::Answered(resp, _) => {
+        Attempt::Answered(resp) => {
             let status = resp.status().as_u16();
             ex.upstream_status = Some(status);
             let health = if matches!(status, 502..=504) {
@@ -263,7 +262,7 @@ async fn send(
     }
     if let (Some(permit), Some(breaker)) = (permit, &upstream.breaker) {
         let answered = match &outcome {
-            Attempt::Answered(resp, _) => Some(resp.status().as_u16()),
+            Attempt::Answered(resp) => Some(resp.status().as_u16()),
             Attempt::Failed { .. } => None,
         };
         permit.record(breaker.is_failure(answered, elapsed));
@@ -294,7 +293,7 @@ enum Next {
 fn retry_request(outcome: &mut Attempt, policy: &retry::Policy, replay: Option<&Replay>) -> Option<Next> {
     let on = &policy.on;
     match outcome {
-        Attempt::Answered(resp, _) => {
+        Attempt::Answered(resp) => {
             (on.status(resp.status().as_u16()) && replay.is_some()).then_some(Next::Replay)
         }
         Attempt::Failed {
@@ -316,13 +315,12 @@ fn retry_request(outcome: &mut Attempt, policy: &retry::Policy, replay: Option<&
 /// The client's answer from the last attempt.
 fn answer(
     outcome: Attempt,
-    mut in_flight: InFlight,
+    in_flight: InFlight,
     upstream: &Upstream,
     deadline: Instant,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     match outcome {
-        Attempt::Answered(resp, lease) => {
-            in_flight.hold(lease);
+        Attempt::Answered(resp) => {
             let (mut parts, body) = resp.into_parts();
             let _ = forwarded::strip_hop_by_hop(&mut parts.headers);
             let body = ResponseBody::upstream(body, deadline, upstream.read_timeout, in_flight);
@@ -370,16 +368,16 @@ fn call_error(e: CallError, route: &Route, target: &Target) -> GatewayError {
     match e {
         CallError::ConnectTimeout | CallError::HeadTimeout => GatewayError::GatewayTimeout,
         CallError::Connect(e) => GatewayError::UpstreamConnect(format!("{}: {e}", target.authority)),
-        CallError::Exchange(e) if caused_by::<BodyTooLarge>(&e) => GatewayError::PayloadTooLarge {
+        CallError::Exchange(e) if caused_by::<BodyTooLarge>(&*e) => GatewayError::PayloadTooLarge {
             limit: route.max_body,
         },
-        CallError::Exchange(e) if caused_by::<ClientBodyError>(&e) => GatewayError::BadRequest {
+        CallError::Exchange(e) if caused_by::<ClientBodyError>(&*e) => GatewayError::BadRequest {
             detail: "the request body is malformed or was cut off",
             close: true,
         },
         // The upstream's head or write timer.
         CallError::Exchange(e)
-            if find_cause::<std::io::Error>(&e)
+            if find_cause::<std::io::Error>(&*e)
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) =>
         {
             GatewayError::GatewayTimeout

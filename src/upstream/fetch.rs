@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Method, Request, Uri, response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::pool::PoolTls;
@@ -87,14 +86,12 @@ impl Endpoint {
     ) -> Result<(response::Parts, Bytes), String> {
         let deadline = Instant::now() + timeout;
         let exchange = async {
-            let (resp, lease) = self
+            let resp = self
                 .pool
                 .send(req, deadline)
                 .await
                 .map_err(|e| format!("{:?}", e.error))?;
-            let answer = read(resp).await?;
-            self.pool.release(lease);
-            Ok::<_, String>(answer)
+            read(resp).await
         };
         match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
@@ -105,7 +102,7 @@ impl Endpoint {
 }
 
 /// The answer, read whole (at most [`MAX_ANSWER`] bytes).
-async fn read(resp: http::Response<Incoming>) -> Result<(response::Parts, Bytes), String> {
+async fn read(resp: http::Response<super::Body>) -> Result<(response::Parts, Bytes), String> {
     let (parts, body) = resp.into_parts();
     let body = http_body_util::Limited::new(body, MAX_ANSWER)
         .collect()

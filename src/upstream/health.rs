@@ -217,7 +217,7 @@ async fn check(
         }
     }
     let exchange = async {
-        let (resp, lease) = target.pool.send(req, deadline).await.ok()?;
+        let resp = target.pool.send(req, deadline).await.ok()?;
         let passed = resp.status().is_success() || resp.status().is_redirection();
         let mut body = resp.into_body();
         let mut read = 0;
@@ -229,7 +229,6 @@ async fn check(
                 return Some(passed);
             }
         }
-        target.pool.release(lease);
         Some(passed)
     };
     tokio::time::timeout_at(deadline, exchange)

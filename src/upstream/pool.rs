@@ -1,27 +1,30 @@
-//! Keep-alive connections to one target, on `hyper::client::conn`.
+//! Keep-alive connections to one target.
 //!
-//! HTTP/1.1: idle connections wait in a small stack; a request takes one (or
-//! dials a new one) and the connection comes back when its response body has
-//! been read to the end ([`Lease::release`]). A response abandoned midway
-//! closes its connection instead: it cannot carry another request.
+//! HTTP/1.1 ([`http1`](super::http1)): idle connections wait in a small
+//! stack; a request takes one (or dials a new one) and drives it in its own
+//! task; the connection comes back when its response body has been read to
+//! the end. A response abandoned midway closes its connection instead: it
+//! cannot carry another request.
 //!
-//! HTTP/2: one shared, multiplexed connection, dialled again when it closes.
+//! HTTP/2 (hyper): one shared, multiplexed connection, dialled again when it
+//! closes. WebSocket upgrades (hyper) go on a connection of their own.
 //!
-//! A request is sent again on a fresh connection only when hyper hands it
-//! back unsent (a pooled connection the upstream had just closed); once any
-//! of it may have reached the upstream it is never retried here. A request
+//! A request is sent again on another connection only when none of it was
+//! written (a pooled connection the upstream had just closed); once any of
+//! it may have reached the upstream it is never retried here. A request
 //! that never left is handed back to the caller with the error
 //! ([`SendError::unsent`]), for a retry on another target.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1 as hyper_http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
@@ -31,7 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::RequestBody;
+use super::http1;
+use crate::body::{BoxError, RequestBody};
 
 /// Why a call to an upstream failed.
 #[derive(Debug)]
@@ -42,8 +46,9 @@ pub enum CallError {
     ConnectTimeout,
     /// No response head before the deadline (the request may have been processed).
     HeadTimeout,
-    /// The exchange failed after the request may have been (partly) sent.
-    Exchange(hyper::Error),
+    /// The exchange failed after the request may have been (partly) sent:
+    /// the upstream's I/O or protocol, or the client's body.
+    Exchange(BoxError),
 }
 
 /// A failed send: why, and the request when it never left the gateway.
@@ -89,7 +94,8 @@ pub struct PoolTls {
 pub struct Pool {
     authority: Authority,
     cfg: PoolConfig,
-    idle: Mutex<Vec<(H1Conn, Instant)>>,
+    /// Shared with the response bodies, which put their connection back.
+    idle: Arc<Idle>,
     shared_h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// Held while dialling HTTP/2, so concurrent first requests share one connection.
     h2_dial: tokio::sync::Mutex<()>,
@@ -100,44 +106,67 @@ pub struct Pool {
 #[derive(Clone, Copy)]
 pub struct UpgradeRequest;
 
-/// A connection held by one exchange until its response body is done.
-pub enum Lease {
-    Http1(H1Conn),
-    Http2,
-    /// A connection of one upgrade request (WebSocket): never pooled, it
-    /// belongs to the tunnel after a 101.
-    Upgrade,
+/// Idle HTTP/1.1 connections of one target, the most recently used on top.
+pub(super) struct Idle {
+    conns: Mutex<Vec<(Box<http1::Conn>, Instant)>>,
+    max: usize,
+    timeout: Duration,
 }
 
-/// An HTTP/1.1 connection: its sender, and the deadline its reader enforces.
-pub struct H1Conn {
-    sender: http1::SendRequest<RequestBody>,
-    head_deadline: Arc<HeadDeadline>,
-}
-
-/// The response-head deadline of the exchange on one HTTP/1.1 connection,
-/// set by the request and enforced by the connection's reader
-/// ([`UpstreamIo`]). One timer per connection, pushed later request after
-/// request (a lock-free update in tokio), instead of a timer per request.
-#[derive(Default)]
-struct HeadDeadline {
-    /// Milliseconds since [`epoch`] (+1); 0 = no exchange waiting for a head.
-    at: AtomicU64,
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-impl HeadDeadline {
-    fn set(&self, at: Instant) {
-        let ms = at.saturating_duration_since(epoch()).as_millis() as u64 + 1;
-        self.at.store(ms, Ordering::Release);
+impl Idle {
+    /// Keeps a connection whose exchange is complete, if there is room.
+    pub(super) fn put(&self, conn: Box<http1::Conn>) {
+        let now = Instant::now();
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() < self.max {
+            conns.push((conn, now));
+        }
     }
 
-    fn clear(&self) {
-        self.at.store(0, Ordering::Release);
+    /// A connection that can carry a request now, if one waits.
+    fn take(&self) -> Option<Box<http1::Conn>> {
+        loop {
+            let (mut conn, since) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if since.elapsed() < self.timeout && conn.is_usable() {
+                return Some(conn);
+            }
+        }
+    }
+}
+
+/// A response body from a target.
+pub enum Body {
+    Http1(http1::Body),
+    /// HTTP/2, or the answer to an upgrade.
+    Hyper(Incoming),
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Http1(b) => Pin::new(b).poll_frame(cx),
+            Body::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Http1(b) => b.is_end_stream(),
+            Body::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Http1(b) => b.size_hint(),
+            Body::Hyper(b) => b.size_hint(),
+        }
     }
 }
 
@@ -149,22 +178,25 @@ impl Pool {
     pub fn new(authority: Authority, cfg: PoolConfig) -> Pool {
         Pool {
             authority,
+            idle: Arc::new(Idle {
+                conns: Mutex::new(Vec::new()),
+                max: cfg.max_idle,
+                timeout: cfg.idle_timeout,
+            }),
             cfg,
-            idle: Mutex::new(Vec::new()),
             shared_h2: Mutex::new(None),
             h2_dial: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Sends `req`; its response head must arrive before `head_deadline`.
-    /// On success also returns the connection's lease. A failure hands the
-    /// request back when none of it can have reached the upstream, so the
-    /// caller may send it elsewhere whatever its method.
+    /// A failure hands the request back when none of it can have reached
+    /// the upstream, so the caller may send it elsewhere whatever its method.
     pub async fn send(
         &self,
         req: Request<RequestBody>,
         head_deadline: Instant,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<Response<Body>, SendError> {
         if self.cfg.http2 {
             // Streams share the connection: each keeps its own timer.
             let sender = match tokio::time::timeout_at(head_deadline, self.h2_sender()).await {
@@ -174,10 +206,10 @@ impl Pool {
             };
             let mut sender = sender;
             return match tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await {
-                Ok(Ok(resp)) => Ok((resp, Lease::Http2)),
+                Ok(Ok(resp)) => Ok(resp.map(Body::Hyper)),
                 Ok(Err(mut e)) => Err(match e.take_message() {
-                    Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error()), unsent),
-                    None => SendError::sent(CallError::Exchange(e.into_error())),
+                    Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error().into()), unsent),
+                    None => SendError::sent(CallError::Exchange(e.into_error().into())),
                 }),
                 Err(_) => Err(SendError::sent(CallError::HeadTimeout)),
             };
@@ -188,45 +220,26 @@ impl Pool {
         }
         let mut req = req;
         loop {
-            let (conn, fresh) = match self.checkout() {
+            let (conn, fresh) = match self.idle.take() {
                 Some(c) => (c, false),
-                None => match self.dial_h1(false).await {
-                    Ok(c) => (c, true),
+                None => match self.connect().await {
+                    Ok(io) => (http1::Conn::new(io), true),
                     Err(e) => return Err(SendError::unsent(e, req)),
                 },
             };
-            let H1Conn {
-                mut sender,
-                head_deadline: deadline,
-            } = conn;
-            if sender.ready().await.is_err() {
-                if fresh {
-                    let e = std::io::Error::other("connection closed during handshake");
-                    return Err(SendError::unsent(CallError::Connect(e), req));
+            match conn.send(req, head_deadline, &self.idle).await {
+                Ok(resp) => return Ok(resp.map(Body::Http1)),
+                // Not one byte written on a pooled connection that had just
+                // closed: safe to send on another.
+                Err(http1::Failed {
+                    unsent: Some(unsent), ..
+                }) if !fresh => req = unsent,
+                Err(http1::Failed { error, unsent }) => {
+                    return Err(SendError {
+                        error,
+                        unsent: unsent.map(Box::new),
+                    });
                 }
-                continue;
-            }
-            deadline.set(head_deadline);
-            let sent = sender.try_send_request(req).await;
-            deadline.clear();
-            match sent {
-                Ok(resp) => {
-                    return Ok((
-                        resp,
-                        Lease::Http1(H1Conn {
-                            sender,
-                            head_deadline: deadline,
-                        }),
-                    ));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never written to the wire: safe to send on another connection.
-                    Some(unsent) if !fresh => req = unsent,
-                    Some(unsent) => {
-                        return Err(SendError::unsent(CallError::Exchange(e.into_error()), unsent));
-                    }
-                    None => return Err(SendError::sent(CallError::Exchange(e.into_error()))),
-                },
             }
         }
     }
@@ -237,48 +250,28 @@ impl Pool {
         &self,
         req: Request<RequestBody>,
         head_deadline: Instant,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
-        let mut conn = match self.dial_h1(true).await {
-            Ok(c) => c,
+    ) -> Result<Response<Body>, SendError> {
+        let io = match self.connect().await {
+            Ok(io) => TokioIo::new(io),
             Err(e) => return Err(SendError::unsent(e, req)),
         };
-        if conn.sender.ready().await.is_err() {
+        let (mut sender, conn) = match hyper_http1::Builder::new().handshake(io).await {
+            Ok(handshake) => handshake,
+            Err(e) => return Err(SendError::unsent(CallError::Exchange(e.into()), req)),
+        };
+        drive(conn.with_upgrades());
+        if sender.ready().await.is_err() {
             let e = std::io::Error::other("connection closed during handshake");
             return Err(SendError::unsent(CallError::Connect(e), req));
         }
-        conn.head_deadline.set(head_deadline);
-        let sent = conn.sender.try_send_request(req).await;
-        conn.head_deadline.clear();
-        match sent {
-            Ok(resp) => Ok((resp, Lease::Upgrade)),
-            Err(mut e) => Err(match e.take_message() {
-                Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error()), unsent),
-                None => SendError::sent(CallError::Exchange(e.into_error())),
+        match tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await {
+            Ok(Ok(resp)) => Ok(resp.map(Body::Hyper)),
+            Ok(Err(mut e)) => Err(match e.take_message() {
+                Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error().into()), unsent),
+                None => SendError::sent(CallError::Exchange(e.into_error().into())),
             }),
+            Err(_) => Err(SendError::sent(CallError::HeadTimeout)),
         }
-    }
-
-    /// Puts a connection back after its response was read to the end.
-    pub fn release(&self, lease: Lease) {
-        if let Lease::Http1(conn) = lease {
-            if conn.sender.is_closed() {
-                return;
-            }
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < self.cfg.max_idle {
-                idle.push((conn, Instant::now()));
-            }
-        }
-    }
-
-    fn checkout(&self) -> Option<H1Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((conn, since)) = idle.pop() {
-            if !conn.sender.is_closed() && since.elapsed() < self.cfg.idle_timeout {
-                return Some(conn);
-            }
-        }
-        None
     }
 
     async fn connect(&self) -> Result<UpstreamIo, CallError> {
@@ -313,32 +306,12 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         Ok(UpstreamIo {
-            head_deadline: None,
+            head_at: None,
             head_timer: None,
-            armed: 0,
+            armed: None,
             inner: stream,
             write_timeout: self.cfg.write_timeout,
             write_timer: None,
-        })
-    }
-
-    async fn dial_h1(&self, upgrades: bool) -> Result<H1Conn, CallError> {
-        let head_deadline = Arc::new(HeadDeadline::default());
-        let mut io = self.connect().await?;
-        io.head_deadline = Some(head_deadline.clone());
-        let io = TokioIo::new(io);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(CallError::Exchange)?;
-        if upgrades {
-            drive(conn.with_upgrades());
-        } else {
-            drive(conn);
-        }
-        Ok(H1Conn {
-            sender,
-            head_deadline,
         })
     }
 
@@ -356,7 +329,7 @@ impl Pool {
             .timer(TokioTimer::new())
             .handshake(io)
             .await
-            .map_err(CallError::Exchange)?;
+            .map_err(|e| CallError::Exchange(e.into()))?;
         drive(conn);
         *self.shared_h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
         Ok(sender)
@@ -368,7 +341,7 @@ impl Pool {
     }
 }
 
-/// Runs a client connection in its own task until it closes.
+/// Runs a hyper client connection in its own task until it closes.
 fn drive(conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -441,19 +414,36 @@ impl AsyncWrite for Stream {
 /// upstream does not accept within `write_timeout` (its socket buffer stays
 /// full) fails with `TimedOut`. The timer exists only while a write waits,
 /// so the usual path costs nothing.
-struct UpstreamIo {
+pub(super) struct UpstreamIo {
     inner: Stream,
-    /// HTTP/1.1 only: the deadline for the response head of the exchange in
-    /// flight, enforced here with one timer for the connection's life.
-    head_deadline: Option<Arc<HeadDeadline>>,
+    /// HTTP/1.1: the deadline for the response head of the exchange in
+    /// flight, enforced with one timer for the connection's life.
+    head_at: Option<Instant>,
     head_timer: Option<Pin<Box<Sleep>>>,
-    /// The deadline `head_timer` is set to (same encoding as `HeadDeadline::at`).
-    armed: u64,
+    /// The deadline `head_timer` is set to.
+    armed: Option<Instant>,
     write_timeout: Duration,
     write_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl UpstreamIo {
+    /// Reads fail with `TimedOut` once `at` passes, until this is called again.
+    pub(super) fn set_head_deadline(&mut self, at: Option<Instant>) {
+        self.head_at = at;
+    }
+
+    /// Whether the upstream has neither closed the connection nor sent
+    /// anything since the last read: a read with a no-op waker, which tokio
+    /// answers without a system call unless the socket turned readable.
+    pub(super) fn is_quiet(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        Pin::new(&mut self.inner)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
+    }
+
     fn on_write<T>(&mut self, cx: &mut Context<'_>, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
         match r {
             Poll::Pending => {
@@ -485,35 +475,30 @@ impl AsyncRead for UpstreamIo {
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if r.is_pending() {
-            let at = this
-                .head_deadline
-                .as_ref()
-                .map_or(0, |d| d.at.load(Ordering::Acquire));
-            if at != 0 {
-                let fired = match this.head_timer.as_mut() {
-                    // Armed for this deadline, with this task's waker: only its state matters.
-                    Some(t) if this.armed == at => t.is_elapsed(),
-                    armed => {
-                        let when = epoch() + Duration::from_millis(at - 1);
-                        let timer = match armed {
-                            Some(t) => {
-                                // Later than before: tokio extends it without touching the wheel.
-                                t.as_mut().reset(when);
-                                t
-                            }
-                            None => this.head_timer.insert(Box::pin(tokio::time::sleep_until(when))),
-                        };
-                        this.armed = at;
-                        timer.as_mut().poll(cx).is_ready()
-                    }
-                };
-                if fired {
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no response head from the upstream in time",
-                    )));
+        if r.is_pending()
+            && let Some(at) = this.head_at
+        {
+            let fired = match this.head_timer.as_mut() {
+                // Armed for this deadline, with this task's waker: only its state matters.
+                Some(t) if this.armed == Some(at) => t.is_elapsed(),
+                armed => {
+                    let timer = match armed {
+                        Some(t) => {
+                            // Later than before: tokio extends it without touching the wheel.
+                            t.as_mut().reset(at);
+                            t
+                        }
+                        None => this.head_timer.insert(Box::pin(tokio::time::sleep_until(at))),
+                    };
+                    this.armed = Some(at);
+                    timer.as_mut().poll(cx).is_ready()
                 }
+            };
+            if fired {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no response head from the upstream in time",
+                )));
             }
         }
         r

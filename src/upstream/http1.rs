@@ -1,0 +1,979 @@
+//! HTTP/1.1 to an upstream, driven inside the request's own task.
+//!
+//! hyper's client runs each connection as a task of its own and hands
+//! requests, responses and body chunks across channels: two tasks woken per
+//! request. Here the task that serves the client writes the request head
+//! straight to the upstream socket, reads the response head from it, and then
+//! reads the body as the client's connection asks for it. The connection goes
+//! back to the idle stack when the body has been read to its end; a body
+//! dropped midway closes it.
+//!
+//! Framing follows RFC 9112 §6: responses to `HEAD`, `1xx`, `204` and `304`
+//! have no body; `Transfer-Encoding` with `chunked` last is decoded;
+//! `Content-Length` counts; neither means the body ends when the connection
+//! does. A response with both, or with conflicting lengths, is refused
+//! (response splitting). Interim `1xx` answers are skipped.
+//!
+//! WebSocket upgrades and HTTP/2 still go through hyper ([`super::pool`]).
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
+
+use super::pool::{CallError, Idle, UpstreamIo};
+use crate::body::{BoxError, RequestBody};
+
+/// At most this many header fields in a response head (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// A response head (or trailer section) larger than this is refused.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A chunk-size line (with extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Room asked of the read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// One HTTP/1.1 connection to a target, idle or in an exchange. Boxed for
+/// its life, so that handing it between the pool and a body moves a pointer.
+pub(super) struct Conn {
+    io: UpstreamIo,
+    /// Bytes received and not yet consumed.
+    read: BytesMut,
+    /// The request head and body framing waiting to be written; kept to
+    /// reuse its allocation.
+    write: Vec<u8>,
+}
+
+/// A failed exchange: why, and the request when not one byte of it was
+/// written (so it may go on another connection).
+pub(super) struct Failed {
+    pub error: CallError,
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl Conn {
+    pub(super) fn new(io: UpstreamIo) -> Box<Conn> {
+        Box::new(Conn {
+            io,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            write: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Whether an idle connection may carry a request: the upstream has not
+    /// closed it or sent anything unasked. Costs no system call unless the
+    /// socket was reported readable.
+    pub(super) fn is_usable(&mut self) -> bool {
+        self.read.is_empty() && self.io.is_quiet()
+    }
+
+    /// Sends `req` and reads the response head, which must come before
+    /// `head_deadline`. The body reads from this connection and puts it
+    /// back on `idle` once read to its end (when it can carry another
+    /// request).
+    pub(super) async fn send(
+        mut self: Box<Self>,
+        req: Request<RequestBody>,
+        head_deadline: Instant,
+        idle: &Arc<Idle>,
+    ) -> Result<Response<Body>, Failed> {
+        let (parts, mut body) = req.into_parts();
+        let framing = encode_head(&mut self.write, &parts, &body);
+        let head_only = framing == RequestFraming::None;
+        self.io.set_head_deadline(Some(head_deadline));
+        let mut out = Outgoing {
+            framing,
+            offset: 0,
+            data: Bytes::new(),
+            crlf_due: false,
+            sent: 0,
+            done: head_only,
+            flushed: false,
+            started: false,
+        };
+        let to_head = parts.method == Method::HEAD;
+        // A failed write, kept while the answer may still be readable.
+        let mut broken: Option<io::Error> = None;
+        let read_head = poll_fn(|cx| {
+            // Write while the upstream takes it, and read meanwhile: an
+            // upstream may answer (and stop reading) before the body's end.
+            if !out.flushed && broken.is_none() {
+                match out.poll_write(cx, &mut self.io, &mut self.write, &mut body) {
+                    Poll::Ready(Err(Stop::Fatal(e))) => return Poll::Ready(Err(e)),
+                    // Not started, or the upstream stopped reading (the
+                    // write timeout): nothing more to wait for.
+                    Poll::Ready(Err(Stop::Io(e))) if !out.started || e.kind() == io::ErrorKind::TimedOut => {
+                        return Poll::Ready(Err(CallError::Exchange(e.into())));
+                    }
+                    Poll::Ready(Err(Stop::Io(e))) => broken = Some(e),
+                    _ => {}
+                }
+            }
+            poll_head(cx, &mut self.io, &mut self.read, to_head).map_err(|e| match broken.take() {
+                // The write failed first: that is the cause.
+                Some(w) => CallError::Exchange(w.into()),
+                None => e,
+            })
+        })
+        .await;
+        self.io.set_head_deadline(None);
+        let head = match read_head {
+            Ok(head) => head,
+            Err(error) if !out.started => {
+                return Err(Failed {
+                    error,
+                    unsent: Some(Request::from_parts(parts, body)),
+                });
+            }
+            Err(error) => return Err(Failed { error, unsent: None }),
+        };
+        let Head {
+            response,
+            framing,
+            keep_alive,
+        } = head;
+        // An answer before the whole request was written: the rest of the
+        // body is not sent, and the connection cannot carry another request.
+        let reusable = keep_alive && out.flushed;
+        let mut answer = Body {
+            conn: None,
+            idle: None,
+            first: None,
+            framing,
+        };
+        match &mut answer.framing {
+            ResponseFraming::Length(n) if self.read.len() as u64 >= *n => {
+                // The whole body came with the head: the connection is free now.
+                let n = *n as usize;
+                answer.first = (n > 0).then(|| self.read.split_to(n).freeze());
+                answer.framing = ResponseFraming::Done;
+                if reusable && self.read.is_empty() {
+                    idle.put(self);
+                }
+            }
+            ResponseFraming::Done => {
+                if reusable && self.read.is_empty() {
+                    idle.put(self);
+                }
+            }
+            _ => {
+                answer.conn = Some(self);
+                answer.idle = reusable.then(|| idle.clone());
+            }
+        }
+        Ok(response.map(|()| answer))
+    }
+}
+
+/// Why writing a request stopped.
+enum Stop {
+    /// The socket refused it; the upstream may still have answered.
+    Io(io::Error),
+    /// The client's body failed or broke its declared length.
+    Fatal(CallError),
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RequestFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the request line and header fields into `buf`, the framing
+/// header last, and says how the body follows.
+fn encode_head(buf: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBody) -> RequestFraming {
+    buf.clear();
+    buf.extend_from_slice(parts.method.as_str().as_bytes());
+    buf.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    buf.extend_from_slice(target.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut declared = false;
+    for (name, value) in &parts.headers {
+        // The framing is this hop's own, written below from the body itself.
+        if name == CONTENT_LENGTH {
+            declared = true;
+            continue;
+        }
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    let framing = if body.is_end_stream() {
+        // RFC 9110 §8.6: a length for methods that define content, even empty.
+        let defines_content = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+        if declared || defines_content {
+            buf.extend_from_slice(b"content-length: 0\r\n");
+        }
+        RequestFraming::None
+    } else if let Some(n) = body.size_hint().exact() {
+        buf.extend_from_slice(b"content-length: ");
+        buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        RequestFraming::Length(n)
+    } else {
+        buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        RequestFraming::Chunked
+    };
+    buf.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// The request on its way out: the bytes in the connection's write buffer
+/// (head, chunk framing) go first, then `data`, then the next body frame.
+struct Outgoing {
+    framing: RequestFraming,
+    /// How much of the write buffer is written.
+    offset: usize,
+    data: Bytes,
+    /// A chunk's data was queued: its closing CRLF goes before what follows.
+    crlf_due: bool,
+    /// Body bytes taken so far (checked against a declared length).
+    sent: u64,
+    /// The body has ended and its last framing is queued.
+    done: bool,
+    /// Everything is written and flushed.
+    flushed: bool,
+    /// Some of the request reached the socket or the body was read from:
+    /// it cannot be handed back for another connection.
+    started: bool,
+}
+
+impl Outgoing {
+    /// Writes until the upstream pushes back, the client's body has nothing
+    /// yet, or the request is complete.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut UpstreamIo,
+        buf: &mut Vec<u8>,
+        body: &mut RequestBody,
+    ) -> Poll<Result<(), Stop>> {
+        loop {
+            while self.offset < buf.len() || !self.data.is_empty() {
+                let pending = &buf[self.offset..];
+                let written = if self.data.is_empty() {
+                    Pin::new(&mut *io).poll_write(cx, pending)
+                } else if pending.is_empty() {
+                    Pin::new(&mut *io).poll_write(cx, &self.data)
+                } else {
+                    let slices = [IoSlice::new(pending), IoSlice::new(&self.data)];
+                    Pin::new(&mut *io).poll_write_vectored(cx, &slices)
+                };
+                let n = match ready!(written) {
+                    Ok(0) => return Poll::Ready(Err(Stop::Io(io::ErrorKind::WriteZero.into()))),
+                    Ok(n) => n,
+                    Err(e) => return Poll::Ready(Err(Stop::Io(e))),
+                };
+                self.started = true;
+                let from_buf = n.min(pending.len());
+                self.offset += from_buf;
+                self.data.advance(n - from_buf);
+            }
+            buf.clear();
+            self.offset = 0;
+            if self.done {
+                if let Err(e) = ready!(Pin::new(&mut *io).poll_flush(cx)) {
+                    return Poll::Ready(Err(Stop::Io(e)));
+                }
+                self.flushed = true;
+                return Poll::Ready(Ok(()));
+            }
+            let frame = match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending => {
+                    // Nothing more from the client yet: what was written must leave now.
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut *io).poll_flush(cx) {
+                        return Poll::Ready(Err(Stop::Io(e)));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(frame) => frame,
+            };
+            self.started = true;
+            match frame {
+                None => self.finish(buf, None)?,
+                Some(Err(e)) => return Poll::Ready(Err(Stop::Fatal(CallError::Exchange(e)))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.queue(buf, data)?,
+                    Err(frame) => self.finish(buf, frame.into_trailers().ok())?,
+                },
+            }
+        }
+    }
+
+    fn queue(&mut self, buf: &mut Vec<u8>, data: Bytes) -> Result<(), Stop> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.sent += data.len() as u64;
+        match self.framing {
+            RequestFraming::Length(n) if self.sent > n => return Err(Stop::Fatal(body_length_error())),
+            RequestFraming::Chunked => {
+                if std::mem::replace(&mut self.crlf_due, true) {
+                    buf.extend_from_slice(b"\r\n");
+                }
+                buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            _ => {}
+        }
+        self.data = data;
+        Ok(())
+    }
+
+    /// The body ended (with `trailers`, if any): the last framing is queued.
+    fn finish(&mut self, buf: &mut Vec<u8>, trailers: Option<HeaderMap>) -> Result<(), Stop> {
+        self.done = true;
+        match self.framing {
+            RequestFraming::Length(n) if self.sent != n => Err(Stop::Fatal(body_length_error())),
+            RequestFraming::Chunked => {
+                if self.crlf_due {
+                    buf.extend_from_slice(b"\r\n");
+                }
+                buf.extend_from_slice(b"0\r\n");
+                for (name, value) in trailers.iter().flatten() {
+                    if !is_allowed_trailer(name) {
+                        continue;
+                    }
+                    buf.extend_from_slice(name.as_str().as_bytes());
+                    buf.extend_from_slice(b": ");
+                    buf.extend_from_slice(value.as_bytes());
+                    buf.extend_from_slice(b"\r\n");
+                }
+                buf.extend_from_slice(b"\r\n");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn body_length_error() -> CallError {
+    CallError::Exchange("the request body does not match its length".into())
+}
+
+/// Fields that must not travel as trailers (RFC 9110 §6.5.1): framing,
+/// routing and connection control.
+fn is_allowed_trailer(name: &HeaderName) -> bool {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, TE, TRAILER};
+    ![
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONNECTION,
+        HOST,
+        TE,
+        TRAILER,
+        AUTHORIZATION,
+        CONTENT_TYPE,
+    ]
+    .contains(name)
+}
+
+/// A parsed response head, and how its body is framed.
+struct Head {
+    response: Response<()>,
+    framing: ResponseFraming,
+    keep_alive: bool,
+}
+
+/// Reads until a final response head is complete (interim `1xx` answers
+/// are skipped).
+fn poll_head(
+    cx: &mut Context<'_>,
+    io: &mut UpstreamIo,
+    read: &mut BytesMut,
+    to_head: bool,
+) -> Poll<Result<Head, CallError>> {
+    loop {
+        if !read.is_empty() {
+            match parse_head(read, to_head) {
+                Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                Ok(None) if read.len() > MAX_HEAD_BYTES => {
+                    return Poll::Ready(Err(protocol("the response head is too large")));
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if read.capacity() - read.len() < READ_CHUNK / 2 {
+            read.reserve(READ_CHUNK);
+        }
+        match ready!(poll_read_buf(Pin::new(&mut *io), cx, read)) {
+            Ok(0) if read.is_empty() => {
+                return Poll::Ready(Err(protocol("the connection closed before a response")));
+            }
+            Ok(0) => return Poll::Ready(Err(protocol("the connection closed inside the response head"))),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Poll::Ready(Err(CallError::HeadTimeout)),
+            Err(e) => return Poll::Ready(Err(CallError::Exchange(e.into()))),
+        }
+    }
+}
+
+fn protocol(message: &'static str) -> CallError {
+    CallError::Exchange(Box::new(io::Error::new(io::ErrorKind::InvalidData, message)))
+}
+
+/// Parses the response head at the start of `read`, consuming it when
+/// complete. `None`: more bytes are needed.
+fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallError> {
+    // Offsets of each field's name and value in the head, so the values
+    // can share the received bytes instead of being copied.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (len, status, version, count) = {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let len = match parsed.parse(read) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(protocol("the response has too many header fields"));
+            }
+            Err(_) => return Err(protocol("the response head is malformed")),
+        };
+        let base = read.as_ptr() as usize;
+        for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            *span = (
+                name as u32,
+                (name + field.name.len()) as u32,
+                value as u32,
+                (value + field.value.len()) as u32,
+            );
+        }
+        let code = parsed.code.unwrap_or(0);
+        (len, code, parsed.version.unwrap_or(1), parsed.headers.len())
+    };
+    let status = StatusCode::from_u16(status).map_err(|_| protocol("the response status is invalid"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(protocol("the upstream switched protocols unasked"));
+        }
+        // 100 Continue, 103 Early Hints: the final answer follows.
+        read.advance(len);
+        return parse_head(read, to_head);
+    }
+    let head = read.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| protocol("a response header name is invalid"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| protocol("a response header value is invalid"))?;
+        headers.append(name, value);
+    }
+    let version = if version == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let framing = response_framing(status, &headers, to_head)?;
+    let keep_alive = version == Version::HTTP_11
+        && framing != ResponseFraming::Close
+        && !has_token(&headers, &CONNECTION, "close");
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Some(Head {
+        response,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+fn response_framing(
+    status: StatusCode,
+    headers: &HeaderMap,
+    to_head: bool,
+) -> Result<ResponseFraming, CallError> {
+    if to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(ResponseFraming::Done);
+    }
+    let has_te = headers.contains_key(TRANSFER_ENCODING);
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter().peekable();
+    if has_te {
+        if lengths.peek().is_some() {
+            return Err(protocol(
+                "the response has both Content-Length and Transfer-Encoding",
+            ));
+        }
+        let last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => ResponseFraming::Chunked(Chunked::Size),
+            // Another coding last: the body runs to the end of the connection.
+            _ => ResponseFraming::Close,
+        });
+    }
+    let mut length = None;
+    for value in lengths {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n =
+                parse_length(trim(part)).ok_or_else(|| protocol("the response Content-Length is invalid"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(protocol("the response has conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => ResponseFraming::Done,
+        Some(n) => ResponseFraming::Length(n),
+        None => ResponseFraming::Close,
+    })
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// Decimal digits only, no sign, no overflow.
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// How much of the response body is left, by its framing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ResponseFraming {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the upstream closes the connection.
+    Close,
+    Done,
+}
+
+/// Where the chunked decoder is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Chunked {
+    /// At a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this much left.
+    Data(u64),
+    /// After a chunk's data, at its CRLF.
+    DataEnd,
+    /// After the last chunk: the trailer section.
+    Trailers,
+}
+
+/// A response body read from an HTTP/1.1 upstream connection.
+pub struct Body {
+    /// The connection, while the body is being read from it.
+    conn: Option<Box<Conn>>,
+    /// Where the connection goes when the body is read to the end; `None`
+    /// when it cannot carry another request.
+    idle: Option<Arc<Idle>>,
+    /// The part of the body that came with the head.
+    first: Option<Bytes>,
+    framing: ResponseFraming,
+}
+
+/// The upstream broke the body's framing, or the connection mid-body.
+fn body_error(message: &'static str) -> BoxError {
+    Box::new(io::Error::new(io::ErrorKind::InvalidData, message))
+}
+
+impl Body {
+    /// The body is read to its end: the connection may serve another request.
+    fn complete(&mut self) {
+        self.framing = ResponseFraming::Done;
+        let conn = self.conn.take();
+        if let (Some(conn), Some(idle)) = (conn, self.idle.take())
+            && conn.read.is_empty()
+        {
+            idle.put(conn);
+        }
+    }
+
+    /// Reads more into the connection's buffer; an early end is an error.
+    fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if conn.read.capacity() - conn.read.len() < READ_CHUNK / 2 {
+            conn.read.reserve(READ_CHUNK);
+        }
+        match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read)) {
+            Ok(0) => Poll::Ready(Err(body_error("the upstream closed the connection mid-body"))),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+
+    fn poll_chunked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let ResponseFraming::Chunked(state) = self.framing else {
+                return Poll::Ready(None);
+            };
+            let conn = self
+                .conn
+                .as_mut()
+                .expect("a body being read holds its connection");
+            let read = &mut conn.read;
+            let step = match state {
+                Chunked::Size => match memchr::memchr(b'\n', read) {
+                    Some(end) => {
+                        let size = parse_chunk_size(&read[..end])
+                            .ok_or_else(|| body_error("a chunk size is invalid"));
+                        read.advance(end + 1);
+                        match size {
+                            Ok(0) => Some(Chunked::Trailers),
+                            Ok(n) => Some(Chunked::Data(n)),
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        }
+                    }
+                    None if read.len() > MAX_CHUNK_LINE => {
+                        return Poll::Ready(Some(Err(body_error("a chunk-size line is too long"))));
+                    }
+                    None => None,
+                },
+                Chunked::Data(left) if !read.is_empty() => {
+                    let take = (read.len() as u64).min(left) as usize;
+                    let data = read.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.framing = ResponseFraming::Chunked(if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    });
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Chunked::Data(_) => None,
+                Chunked::DataEnd if read.len() >= 2 => {
+                    if &read[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(body_error("a chunk does not end with CRLF"))));
+                    }
+                    read.advance(2);
+                    Some(Chunked::Size)
+                }
+                Chunked::DataEnd => None,
+                Chunked::Trailers => {
+                    if read.starts_with(b"\r\n") {
+                        read.advance(2);
+                        self.complete();
+                        return Poll::Ready(None);
+                    }
+                    match parse_trailers(read) {
+                        Ok(Some(trailers)) => {
+                            self.complete();
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Ok(None) if read.len() > MAX_HEAD_BYTES => {
+                            return Poll::Ready(Some(Err(body_error("the trailer section is too large"))));
+                        }
+                        Ok(None) => None,
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
+                }
+            };
+            match step {
+                Some(next) => self.framing = ResponseFraming::Chunked(next),
+                None => {
+                    let conn = self
+                        .conn
+                        .as_mut()
+                        .expect("a body being read holds its connection");
+                    if let Err(e) = ready!(Self::poll_fill(conn, cx)) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A chunk-size line without its LF: hex digits, then optional
+/// extensions, then CR.
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r")?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let rest = &line[digits..];
+    let rest = &rest[rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()..];
+    if !(rest.is_empty() || rest[0] == b';') {
+        return None;
+    }
+    let hex = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The trailer section at the start of `read` (ending in an empty line),
+/// consumed when complete.
+fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, BoxError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (len, map) = match httparse::parse_headers(read, &mut fields) {
+        Ok(httparse::Status::Complete((len, fields))) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for field in fields.iter() {
+                let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(field.name.as_bytes()),
+                    HeaderValue::from_bytes(field.value),
+                ) else {
+                    return Err(body_error("a trailer field is invalid"));
+                };
+                if is_allowed_trailer(&name) {
+                    map.append(name, value);
+                }
+            }
+            (len, map)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(body_error("the trailer section is malformed")),
+    };
+    read.advance(len);
+    Ok(Some(map))
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            if let ResponseFraming::Length(left) = &mut this.framing {
+                *left -= first.len() as u64;
+            }
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        match this.framing {
+            ResponseFraming::Done => Poll::Ready(None),
+            ResponseFraming::Length(left) => {
+                let conn = this
+                    .conn
+                    .as_mut()
+                    .expect("a body being read holds its connection");
+                if conn.read.is_empty()
+                    && let Err(e) = ready!(Self::poll_fill(conn, cx))
+                {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                let take = (conn.read.len() as u64).min(left) as usize;
+                let data = conn.read.split_to(take).freeze();
+                let left = left - take as u64;
+                this.framing = ResponseFraming::Length(left);
+                if left == 0 {
+                    this.complete();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            ResponseFraming::Close => {
+                let conn = this
+                    .conn
+                    .as_mut()
+                    .expect("a body being read holds its connection");
+                if conn.read.is_empty() {
+                    if conn.read.capacity() < READ_CHUNK / 2 {
+                        conn.read.reserve(READ_CHUNK);
+                    }
+                    match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read)) {
+                        Ok(0) => {
+                            // The end of the connection is the end of this body.
+                            this.framing = ResponseFraming::Done;
+                            this.conn = None;
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    }
+                }
+                Poll::Ready(Some(Ok(Frame::data(conn.read.split().freeze()))))
+            }
+            ResponseFraming::Chunked(_) => this.poll_chunked(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.framing == ResponseFraming::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let first = self.first.as_ref().map_or(0, |f| f.len() as u64);
+        match self.framing {
+            ResponseFraming::Done => SizeHint::with_exact(first),
+            // `first` is counted in `left` until it is handed out.
+            ResponseFraming::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, to_head: bool) -> Result<Option<Head>, CallError> {
+        parse_head(&mut BytesMut::from(raw), to_head)
+    }
+
+    fn framing(raw: &str) -> ResponseFraming {
+        match head(raw, false) {
+            Ok(Some(h)) => h.framing,
+            Ok(None) => panic!("incomplete head"),
+            Err(e) => panic!("refused: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_response_body_is_framed_by_its_headers() {
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            ResponseFraming::Length(5)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
+            ResponseFraming::Length(5)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            ResponseFraming::Done
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            ResponseFraming::Chunked(Chunked::Size)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            ResponseFraming::Close
+        );
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), ResponseFraming::Close);
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+            ResponseFraming::Done
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\n\r\n"),
+            ResponseFraming::Done
+        );
+        let to_head = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true);
+        assert_eq!(
+            to_head.ok().flatten().map(|h| h.framing),
+            Some(ResponseFraming::Done)
+        );
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+        ] {
+            assert!(head(raw, false).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_the_rest_waits_for_more_bytes() {
+        let mut read = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nok",
+        );
+        let h = parse_head(&mut read, false).ok().flatten().expect("a final head");
+        assert_eq!(h.response.status(), StatusCode::CREATED);
+        assert_eq!(h.response.headers()["x-a"], "1");
+        assert_eq!(&read[..], b"ok");
+        assert!(h.keep_alive);
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-le", false).is_ok_and(|h| h.is_none()));
+        assert!(head("HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_err());
+        assert!(head("HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
+        assert!(head("garbage\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn a_connection_close_or_http_1_0_answer_ends_the_connection() {
+        let close = head(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!close.ok().flatten().expect("head").keep_alive);
+        let old = head("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false);
+        assert!(!old.ok().flatten().expect("head").keep_alive);
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(parse_chunk_size(b"1a\r"), Some(26));
+        assert_eq!(parse_chunk_size(b"1A;name=value\r"), Some(26));
+        assert_eq!(parse_chunk_size(b"0 ;x\r"), Some(0));
+        assert_eq!(parse_chunk_size(b"1a"), None, "no CR");
+        assert_eq!(parse_chunk_size(b"\r"), None);
+        assert_eq!(parse_chunk_size(b"-1\r"), None);
+        assert_eq!(parse_chunk_size(b"1x\r"), None);
+        assert_eq!(parse_chunk_size(b"1000000000000000\r"), None, "overflow");
+    }
+
+    #[test]
+    fn the_request_head_carries_this_hops_framing() {
+        let mut buf = Vec::new();
+        let (mut parts, ()) = Request::post("/a?b=1").body(()).expect("request").into_parts();
+        parts.headers.insert("x-a", HeaderValue::from_static("1"));
+        parts
+            .headers
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let framing = encode_head(&mut buf, &parts, &RequestBody::full(Bytes::from_static(b"hello")));
+        assert_eq!(framing, RequestFraming::Length(5));
+        assert_eq!(
+            String::from_utf8_lossy(&buf),
+            "POST /a?b=1 HTTP/1.1\r\nx-a: 1\r\ncontent-length: 5\r\n\r\n"
+        );
+        let (parts, ()) = Request::get("/").body(()).expect("request").into_parts();
+        let framing = encode_head(&mut buf, &parts, &RequestBody::full(Bytes::new()));
+        assert_eq!(framing, RequestFraming::None);
+        assert_eq!(String::from_utf8_lossy(&buf), "GET / HTTP/1.1\r\n\r\n");
+        let (parts, ()) = Request::put("/").body(()).expect("request").into_parts();
+        encode_head(&mut buf, &parts, &RequestBody::full(Bytes::new()));
+        assert_eq!(
+            String::from_utf8_lossy(&buf),
+            "PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
+}

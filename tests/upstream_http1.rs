@@ -1,0 +1,308 @@
+//! The gateway's own HTTP/1.1 client, against a hand-written upstream that
+//! frames its answers in every way RFC 9112 allows (and some it refuses).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the upstream does for one request.
+struct Answer {
+    /// Written one after another, with a pause between them.
+    pieces: Vec<Vec<u8>>,
+    /// Read the request body before answering.
+    read_body: bool,
+    /// Close the connection after answering (after a short pause).
+    close: bool,
+}
+
+fn answer(pieces: &[&[u8]]) -> Answer {
+    Answer {
+        pieces: pieces.iter().map(|p| p.to_vec()).collect(),
+        read_body: true,
+        close: false,
+    }
+}
+
+/// A hand-written upstream: per request, reads the head (and the body it
+/// announces), records it, and answers as `script` says for the path.
+struct Scripted {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    async fn start(script: fn(&str) -> Answer) -> Scripted {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (count, log) = (accepted.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(s, script, log.clone()));
+            }
+        });
+        Scripted { addr, accepted, seen }
+    }
+
+    fn config(&self, extra_route: &str) -> String {
+        config(
+            &format!("  - name: a\n    targets: [{{url: \"http://{}\"}}]\n", self.addr),
+            &format!("  - name: r\n    match: {{paths: [\"/\"]}}\n    upstream: a\n{extra_route}"),
+            "",
+        )
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn last(&self) -> String {
+        self.seen.lock().unwrap().last().cloned().unwrap_or_default()
+    }
+}
+
+async fn serve(mut s: tokio::net::TcpStream, script: fn(&str) -> Answer, seen: Arc<Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(head_end) = read_until(&mut s, &mut buf, b"\r\n\r\n", 0).await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        let todo = script(&path);
+        let lower = head.to_ascii_lowercase();
+        let mut end = head_end;
+        if todo.read_body {
+            if lower.contains("transfer-encoding: chunked") {
+                match read_until(&mut s, &mut buf, b"0\r\n\r\n", head_end).await {
+                    Some(e) => end = e,
+                    None => return,
+                }
+            } else if let Some(n) = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+            {
+                while buf.len() < head_end + n {
+                    let mut more = [0u8; 65536];
+                    match s.read(&mut more).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&more[..k]),
+                    }
+                }
+                end = head_end + n;
+            }
+        }
+        seen.lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&buf[..end.min(buf.len())]).into_owned());
+        buf.drain(..end.min(buf.len()));
+        for (i, piece) in todo.pieces.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            if s.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+        if todo.close {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return;
+        }
+    }
+}
+
+/// Reads into `buf` until `needle` appears at or after `from`; returns the
+/// end of the needle. `None`: the connection closed first.
+async fn read_until(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    needle: &[u8],
+    from: usize,
+) -> Option<usize> {
+    loop {
+        if let Some(i) = buf[from.min(buf.len())..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+        {
+            return Some(from + i + needle.len());
+        }
+        let mut more = [0u8; 65536];
+        match s.read(&mut more).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&more[..n]),
+        }
+    }
+}
+
+fn script(path: &str) -> Answer {
+    match path {
+        "/chunked" => answer(&[
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-up: 1\r\n\r\n5;ext=1\r\nhel",
+            b"lo\r\n6\r",
+            b"\n world\r\n0\r\nx-sum: 11\r\n\r\n",
+        ]),
+        "/split-head" => answer(&[b"HTTP/1.1 200 OK\r\ncont", b"ent-length: 4\r\n", b"\r\nbo", b"dy"]),
+        "/close-delimited" => Answer {
+            close: true,
+            ..answer(&[b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the end"])
+        },
+        "/early-hints" => answer(&[b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]),
+        "/head" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"]),
+        "/both" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]),
+        "/conflict" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"]),
+        "/bad-chunk" => answer(&[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"]),
+        "/short" => Answer {
+            close: true,
+            ..answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"])
+        },
+        "/too-early" => Answer {
+            read_body: false,
+            close: true,
+            ..answer(&[b"HTTP/1.1 413 Content Too Large\r\nconnection: close\r\ncontent-length: 4\r\n\r\nnope"])
+        },
+        _ => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]),
+    }
+}
+
+#[tokio::test]
+async fn chunked_answers_are_decoded_and_the_connection_reused() {
+    let up = Scripted::start(script).await;
+    let gw = Gateway::start(&up.config(""));
+    let r = get(&gw.url("/chunked")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello world"[..]));
+    assert_eq!(r.header("x-up"), "1");
+    let r = get(&gw.url("/split-head")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"body"[..]));
+    let r = get(&gw.url("/early-hints")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    // Each body was read to its end: all three went over one connection.
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_body_delimited_by_the_close_is_read_to_the_end() {
+    let up = Scripted::start(script).await;
+    let gw = Gateway::start(&up.config(""));
+    let r = get(&gw.url("/close-delimited")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"until the end"[..]));
+    // That connection is gone; the next request opens another.
+    let r = get(&gw.url("/x")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test]
+async fn an_answer_to_head_has_no_body_and_keeps_the_connection() {
+    let up = Scripted::start(script).await;
+    let gw = Gateway::start(&up.config(""));
+    let r = send(
+        &client_h1(),
+        req("HEAD", &gw.url("/head")).body(Default::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    let r = get(&gw.url("/x")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn ambiguous_or_broken_framing_never_reaches_the_client_whole() {
+    let up = Scripted::start(script).await;
+    let gw = Gateway::start(&up.config(""));
+    // Response splitting: refused before any of it is relayed.
+    get(&gw.url("/both")).await.problem(502, "bad-gateway");
+    get(&gw.url("/conflict")).await.problem(502, "bad-gateway");
+    // Broken after the head: the client's answer is cut off, never completed.
+    for path in ["/bad-chunk", "/short"] {
+        let (text, closed) = raw(
+            gw.addr(),
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        // Closed without an answer, or with a head and less body than it announced.
+        assert!(closed, "{path}: the client connection is closed");
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 200"),
+            "{path}: {text}"
+        );
+        assert!(!text.contains("hello"), "{path}: {text}");
+        if path == "/short"
+            && let Some((head, body)) = text.split_once("\r\n\r\n")
+        {
+            assert!(head.contains("content-length: 10"), "{text}");
+            assert!(body.len() < 10, "{text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn uploads_keep_their_framing_and_an_early_answer_is_relayed() {
+    let up = Scripted::start(script).await;
+    let gw = Gateway::start(&up.config("    max_request_body_bytes: 64MiB\n"));
+    // A chunked upload goes on chunked, chunk by chunk, with its end.
+    let (text, _) = raw(
+        gw.addr(),
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = up.last();
+    assert!(seen.contains("transfer-encoding: chunked\r\n"), "{seen}");
+    assert!(
+        seen.ends_with("\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
+        "{seen}"
+    );
+    // A sized upload keeps its length.
+    let r = post_as(&gw.url("/up"), Some("text/plain"), "hello").await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert!(
+        seen.contains("content-length: 5\r\n") && seen.ends_with("\r\n\r\nhello"),
+        "{seen}"
+    );
+
+    // The upstream answers 413 without reading a 32 MiB upload: the client gets that answer.
+    let s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let total = 32 << 20;
+    tokio::spawn(async move {
+        let head = format!("POST /too-early HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n");
+        let _ = wr.write_all(head.as_bytes()).await;
+        let chunk = vec![b'z'; 1 << 20];
+        for _ in 0..32 {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("nope") {
+        let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap_or(0);
+        assert!(
+            n > 0,
+            "closed without the upstream's answer: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 413"));
+}
