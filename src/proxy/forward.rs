@@ -95,6 +95,7 @@ pub async fn forward(
     let mut req = Request::from_parts(parts, body);
     let mut tried: Vec<Arc<Target>> = Vec::new();
     let first_sent = Instant::now();
+    let mut sent = first_sent;
     if let Some(t) = &mut ex.trace {
         t.upstream_start = Some(std::time::SystemTime::now());
     }
@@ -102,8 +103,8 @@ pub async fn forward(
     loop {
         aim(&mut req, upstream, &target, needs_host, host.as_ref())?;
         ex.target = Some(target.clone());
-        let mut outcome = send(route, upstream, &target, req, permit, deadline, ex).await;
-        ex.upstream_time = Some(first_sent.elapsed());
+        let (mut outcome, answered) = send(route, upstream, &target, req, permit, sent, deadline, ex).await;
+        ex.upstream_time = Some(answered - first_sent);
 
         // Another attempt, if the policy allows it and the request can be
         // sent again; otherwise this attempt's answer is the client's.
@@ -115,10 +116,11 @@ pub async fn forward(
         };
         attempt += 1;
         let wait = policy.backoff(attempt);
-        if Instant::now() + wait >= deadline || !policy.budget.try_retry() {
+        if answered + wait >= deadline || !policy.budget.try_retry() {
             return answer(outcome, in_flight, upstream, deadline);
         }
         tokio::time::sleep(wait).await;
+        sent = Instant::now();
         tried.push(target.clone());
         let Some(next_permit) = acquire(upstream) else {
             return answer(outcome, in_flight, upstream, deadline);
@@ -212,9 +214,9 @@ fn aim(
     Ok(())
 }
 
-/// One call to `target`, and its bookkeeping: the failure classified once,
-/// and that one reading fed to the target's health, the breaker and
-/// `upstream_requests_total`.
+/// One call to `target` sent at `sent`, and its bookkeeping: the failure
+/// classified once, and that one reading fed to the target's health, the
+/// breaker and `upstream_requests_total`. Also returns when it ended.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     route: &Route,
@@ -222,15 +224,16 @@ async fn send(
     target: &Target,
     req: Request<RequestBody>,
     permit: Option<Permit>,
+    sent: Instant,
     deadline: Instant,
     ex: &mut Exchange,
-) -> Attempt {
+) -> (Attempt, Instant) {
     // The response head must come within the read timeout, and within
     // what is left of the route's deadline.
-    let sent = Instant::now();
     let head_deadline = deadline.min(sent + upstream.read_timeout);
     let result = target.pool.send(req, head_deadline).await;
-    let elapsed = sent.elapsed();
+    let answered = Instant::now();
+    let elapsed = answered - sent;
     upstream.duration.observe(elapsed.as_secs_f64());
     let outcome = match result {
         Ok(resp) => Attempt::Answered(resp),
@@ -277,7 +280,7 @@ async fn send(
             })
             .clone()
     });
-    outcome
+    (outcome, answered)
 }
 
 /// How the next attempt gets its request.

@@ -470,11 +470,14 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
     }
     let head = read.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
+    // The fields that frame the body, noted on the way (no lookups after).
+    let mut framing = Framing::default();
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| protocol("a response header name is invalid"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| protocol("a response header value is invalid"))?;
+        framing.note(&name, &value)?;
         headers.append(name, value);
     }
     let version = if version == 1 {
@@ -482,10 +485,9 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
     } else {
         Version::HTTP_10
     };
-    let framing = response_framing(status, &headers, to_head)?;
-    let keep_alive = version == Version::HTTP_11
-        && framing != ResponseFraming::Close
-        && !has_token(&headers, &CONNECTION, "close");
+    let close = framing.close;
+    let framing = framing.body(status, to_head)?;
+    let keep_alive = version == Version::HTTP_11 && framing != ResponseFraming::Close && !close;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -497,52 +499,59 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
     }))
 }
 
-/// How the response body is delimited (RFC 9112 §6.3).
-fn response_framing(
-    status: StatusCode,
-    headers: &HeaderMap,
-    to_head: bool,
-) -> Result<ResponseFraming, CallError> {
-    if to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(ResponseFraming::Done);
-    }
-    let has_te = headers.contains_key(TRANSFER_ENCODING);
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter().peekable();
-    if has_te {
-        if lengths.peek().is_some() {
-            return Err(protocol(
-                "the response has both Content-Length and Transfer-Encoding",
-            ));
-        }
-        let last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => ResponseFraming::Chunked(Chunked::Size),
-            // Another coding last: the body runs to the end of the connection.
-            _ => ResponseFraming::Close,
-        });
-    }
-    let mut length = None;
-    for value in lengths {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n =
-                parse_length(trim(part)).ok_or_else(|| protocol("the response Content-Length is invalid"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(protocol("the response has conflicting Content-Length values"));
+/// What a response head says about its body and connection.
+#[derive(Default)]
+struct Framing {
+    /// `Content-Length`, all its values agreeing.
+    length: Option<u64>,
+    /// `Transfer-Encoding` seen, and whether its last coding is `chunked`.
+    transfer_encoding: Option<bool>,
+    /// `Connection: close`.
+    close: bool,
+}
+
+impl Framing {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), CallError> {
+        if name == CONTENT_LENGTH {
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let n = parse_length(trim(part))
+                    .ok_or_else(|| protocol("the response Content-Length is invalid"))?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(protocol("the response has conflicting Content-Length values"));
+                }
+                self.length = Some(n);
             }
-            length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            let last = value.as_bytes().rsplit(|&b| b == b',').next().map(trim);
+            self.transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if name == CONNECTION {
+            self.close |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| trim(t).eq_ignore_ascii_case(b"close"));
         }
+        Ok(())
     }
-    Ok(match length {
-        Some(0) => ResponseFraming::Done,
-        Some(n) => ResponseFraming::Length(n),
-        None => ResponseFraming::Close,
-    })
+
+    /// How the body is delimited (RFC 9112 §6.3).
+    fn body(&self, status: StatusCode, to_head: bool) -> Result<ResponseFraming, CallError> {
+        if to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok(ResponseFraming::Done);
+        }
+        Ok(match (self.transfer_encoding, self.length) {
+            (Some(_), Some(_)) => {
+                return Err(protocol(
+                    "the response has both Content-Length and Transfer-Encoding",
+                ));
+            }
+            (Some(true), None) => ResponseFraming::Chunked(Chunked::Size),
+            // Another coding last: the body runs to the end of the connection.
+            (Some(false), None) => ResponseFraming::Close,
+            (None, Some(0)) => ResponseFraming::Done,
+            (None, Some(n)) => ResponseFraming::Length(n),
+            (None, None) => ResponseFraming::Close,
+        })
+    }
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -565,15 +574,6 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
     digits.iter().try_fold(0u64, |n, &d| {
         d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
     })
-}
-
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// How much of the response body is left, by its framing.
