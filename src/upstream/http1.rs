@@ -39,8 +39,10 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// Room asked of the read buffer before each read.
+/// Room asked of the read buffer before a read, at first...
 const READ_CHUNK: usize = 8 * 1024;
+/// ...and at most, after reads that kept filling it (a large body).
+const MAX_READ: usize = 256 * 1024;
 
 /// One HTTP/1.1 connection to a target, idle or in an exchange. Boxed for
 /// its life, so that handing it between the pool and a body moves a pointer.
@@ -48,6 +50,8 @@ pub(super) struct Conn {
     io: UpstreamIo,
     /// Bytes received and not yet consumed.
     read: BytesMut,
+    /// Room to ask for before the next read: doubled while reads fill it.
+    want: usize,
     /// The request head and body framing waiting to be written; kept to
     /// reuse its allocation.
     write: Vec<u8>,
@@ -65,6 +69,7 @@ impl Conn {
         Box::new(Conn {
             io,
             read: BytesMut::with_capacity(READ_CHUNK),
+            want: READ_CHUNK,
             write: Vec::with_capacity(1024),
         })
     }
@@ -118,10 +123,12 @@ impl Conn {
                     _ => {}
                 }
             }
-            poll_head(cx, &mut self.io, &mut self.read, to_head).map_err(|e| match broken.take() {
-                // The write failed first: that is the cause.
-                Some(w) => CallError::Exchange(w.into()),
-                None => e,
+            poll_head(cx, &mut self.io, &mut self.read, &mut self.want, to_head).map_err(|e| {
+                match broken.take() {
+                    // The write failed first: that is the cause.
+                    Some(w) => CallError::Exchange(w.into()),
+                    None => e,
+                }
             })
         })
         .await;
@@ -396,6 +403,7 @@ fn poll_head(
     cx: &mut Context<'_>,
     io: &mut UpstreamIo,
     read: &mut BytesMut,
+    want: &mut usize,
     to_head: bool,
 ) -> Poll<Result<Head, CallError>> {
     loop {
@@ -409,10 +417,7 @@ fn poll_head(
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        if read.capacity() - read.len() < READ_CHUNK / 2 {
-            read.reserve(READ_CHUNK);
-        }
-        match ready!(poll_read_buf(Pin::new(&mut *io), cx, read)) {
+        match ready!(poll_fill(io, read, want, cx)) {
             Ok(0) if read.is_empty() => {
                 return Poll::Ready(Err(protocol("the connection closed before a response")));
             }
@@ -422,6 +427,29 @@ fn poll_head(
             Err(e) => return Poll::Ready(Err(CallError::Exchange(e.into()))),
         }
     }
+}
+
+/// One read from the upstream into `read`, with room for `want` more
+/// bytes. Like hyper's adaptive strategy: a read that fills the room asks
+/// for twice as much next time (a large body streams in fewer reads), one
+/// that uses little of it asks for half.
+fn poll_fill(
+    io: &mut UpstreamIo,
+    read: &mut BytesMut,
+    want: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if read.capacity() - read.len() < *want / 2 {
+        read.reserve(*want);
+    }
+    let room = read.capacity() - read.len();
+    let n = ready!(poll_read_buf(Pin::new(io), cx, read))?;
+    if n == room {
+        *want = (*want * 2).min(MAX_READ);
+    } else if n < room / 4 {
+        *want = (*want / 2).max(READ_CHUNK);
+    }
+    Poll::Ready(Ok(n))
 }
 
 fn protocol(message: &'static str) -> CallError {
@@ -631,10 +659,7 @@ impl Body {
 
     /// Reads more into the connection's buffer; an early end is an error.
     fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if conn.read.capacity() - conn.read.len() < READ_CHUNK / 2 {
-            conn.read.reserve(READ_CHUNK);
-        }
-        match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read)) {
+        match ready!(poll_fill(&mut conn.io, &mut conn.read, &mut conn.want, cx)) {
             Ok(0) => Poll::Ready(Err(body_error("the upstream closed the connection mid-body"))),
             Ok(_) => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(e.into())),
@@ -809,10 +834,7 @@ impl http_body::Body for Body {
                     .as_mut()
                     .expect("a body being read holds its connection");
                 if conn.read.is_empty() {
-                    if conn.read.capacity() < READ_CHUNK / 2 {
-                        conn.read.reserve(READ_CHUNK);
-                    }
-                    match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read)) {
+                    match ready!(poll_fill(&mut conn.io, &mut conn.read, &mut conn.want, cx)) {
                         Ok(0) => {
                             // The end of the connection is the end of this body.
                             this.framing = ResponseFraming::Done;
