@@ -497,7 +497,9 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
         return parse_head(read, to_head);
     }
     let head = read.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the gateway adds on the way back (the request
+    // id), so adding them does not grow and rehash the map.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     // The fields that frame the body, noted on the way (no lookups after).
     let mut framing = Framing::default();
     for &(ns, ne, vs, ve) in &spans[..count] {
