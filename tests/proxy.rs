@@ -473,33 +473,8 @@ async fn an_upstream_that_stops_reading_hits_the_write_timeout() {
         "  - name: r\n    match: {paths: [\"/\"]}\n    upstream: a\n    max_request_body_bytes: 100MiB\n",
         "",
     ));
-    // Stream the upload from a separate task while waiting for the answer.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
-    let total = 64 << 20;
-    tokio::spawn(async move {
-        let head = format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n");
-        let _ = wr.write_all(head.as_bytes()).await;
-        let chunk = vec![b'z'; 1 << 20];
-        for _ in 0..64 {
-            if wr.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-    });
     let start = std::time::Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
-            .await
-            .expect("no answer")
-            .unwrap();
-        assert!(n > 0, "closed without an answer");
-        got.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&got);
+    let text = upload_until(gw.addr(), "/up", 64, "\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 504"), "{text}");
     assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
 }

@@ -277,32 +277,6 @@ async fn uploads_keep_their_framing_and_an_early_answer_is_relayed() {
     );
 
     // The upstream answers 413 without reading a 32 MiB upload: the client gets that answer.
-    let s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
-    let total = 32 << 20;
-    tokio::spawn(async move {
-        let head = format!("POST /too-early HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n");
-        let _ = wr.write_all(head.as_bytes()).await;
-        let chunk = vec![b'z'; 1 << 20];
-        for _ in 0..32 {
-            if wr.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("nope") {
-        let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
-            .await
-            .expect("an answer in time")
-            .unwrap_or(0);
-        assert!(
-            n > 0,
-            "closed without the upstream's answer: {}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 413"));
+    let text = upload_until(gw.addr(), "/too-early", 32, "nope").await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
 }

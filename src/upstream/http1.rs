@@ -975,6 +975,110 @@ mod tests {
         assert_eq!(parse_chunk_size(b"1000000000000000\r"), None, "overflow");
     }
 
+    /// One upstream connection on 127.0.0.1 answering every request with
+    /// `answer`, written in pieces cut at `cuts` (each piece its own
+    /// segment); and the gateway's pool to it. Counts accepted connections.
+    async fn split_upstream(
+        answer: Vec<u8>,
+        cuts: Vec<usize>,
+    ) -> (super::super::Pool, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = s.set_nodelay(true);
+                let (answer, mut cuts) = (answer.clone(), cuts.clone());
+                cuts.retain(|&c| c > 0 && c < answer.len());
+                cuts.sort_unstable();
+                cuts.dedup();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    while s.read(&mut request).await.is_ok_and(|n| n > 0) {
+                        let mut from = 0;
+                        for &cut in cuts.iter().chain([answer.len()].iter()) {
+                            if s.write_all(&answer[from..cut]).await.is_err() {
+                                return;
+                            }
+                            from = cut;
+                            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = super::super::Pool::new(
+            addr.to_string().parse().expect("authority"),
+            super::super::PoolConfig {
+                http2: false,
+                tls: None,
+                connect_timeout: std::time::Duration::from_secs(2),
+                write_timeout: std::time::Duration::from_secs(2),
+                max_idle: 4,
+                idle_timeout: std::time::Duration::from_secs(60),
+            },
+        );
+        (pool, accepted)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// However the upstream's bytes are cut into segments, a sized or a
+        /// chunked body (extensions, trailers) decodes to the same bytes, and
+        /// the connection carries the next request.
+        #[test]
+        fn bodies_decode_the_same_however_the_bytes_are_split(
+            chunked: bool,
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 1..300),
+            chunk in 1usize..64,
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+        ) {
+            let answer = if chunked {
+                let mut a = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                for piece in payload.chunks(chunk) {
+                    a.extend_from_slice(format!("{:x};e=1\r\n", piece.len()).as_bytes());
+                    a.extend_from_slice(piece);
+                    a.extend_from_slice(b"\r\n");
+                }
+                a.extend_from_slice(b"0\r\nx-t: 1\r\n\r\n");
+                a
+            } else {
+                let mut a = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", payload.len()).into_bytes();
+                a.extend_from_slice(&payload);
+                a
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let (bodies, trailers, accepted) = rt.block_on(async {
+                use http_body_util::BodyExt;
+                let (pool, accepted) = split_upstream(answer, cuts).await;
+                let mut bodies = Vec::new();
+                let mut trailers = Vec::new();
+                for _ in 0..2 {
+                    let req = Request::get("/").body(RequestBody::full(Bytes::new())).expect("request");
+                    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+                    let resp = pool.send(req, deadline).await.map_err(|e| format!("{:?}", e.error)).expect("an answer");
+                    let collected = resp.into_body().collect().await.expect("a whole body");
+                    trailers.push(collected.trailers().and_then(|t| t.get("x-t")).map(|v| v.as_bytes().to_vec()));
+                    bodies.push(collected.to_bytes());
+                }
+                (bodies, trailers, accepted.load(std::sync::atomic::Ordering::SeqCst))
+            });
+            for body in &bodies {
+                proptest::prop_assert_eq!(&body[..], &payload[..]);
+            }
+            let want = chunked.then(|| b"1".to_vec());
+            proptest::prop_assert_eq!(&trailers, &vec![want.clone(), want]);
+            proptest::prop_assert_eq!(accepted, 1);
+        }
+    }
+
     #[test]
     fn the_request_head_carries_this_hops_framing() {
         let mut buf = Vec::new();

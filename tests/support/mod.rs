@@ -615,6 +615,44 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, boo
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
+/// Sends `POST path` with a `mib` MiB body on a new connection, the body
+/// streamed from a task of its own (it may stall or be refused), and reads
+/// the answer until it contains `until`. Panics if the connection closes
+/// first or nothing comes within 10 s. Returns what was read.
+pub async fn upload_until(addr: SocketAddr, path: &str, mib: usize, until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        mib << 20
+    );
+    tokio::spawn(async move {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let chunk = vec![b'z'; 1 << 20];
+        for _ in 0..mib {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap_or(0);
+        assert!(
+            n > 0,
+            "closed before {until:?}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// Polls until `f` holds (reloads and health checks are asynchronous), up to 10 s.
 pub async fn eventually<F, Fut>(what: &str, mut f: F)
 where
