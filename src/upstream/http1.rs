@@ -74,6 +74,24 @@ impl Conn {
         })
     }
 
+    /// Before the connection waits idle: buffers grown for a large body or
+    /// head go back to their first size, so an idle connection holds ~9 KiB,
+    /// not up to 256 KiB.
+    pub(super) fn trim(&mut self) {
+        self.want = READ_CHUNK;
+        if self.read.capacity() > 2 * READ_CHUNK {
+            self.read = BytesMut::with_capacity(READ_CHUNK);
+        }
+        if self.write.capacity() > 16 * 1024 {
+            self.write = Vec::with_capacity(1024);
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn read_capacity(&self) -> usize {
+        self.read.capacity()
+    }
+
     /// Whether an idle connection may carry a request: the upstream has not
     /// closed it or sent anything unasked. Costs no system call unless the
     /// socket was reported readable.
@@ -1077,6 +1095,34 @@ mod tests {
             proptest::prop_assert_eq!(&trailers, &vec![want.clone(), want]);
             proptest::prop_assert_eq!(accepted, 1);
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_back_from_a_large_body_waits_idle_with_small_buffers() {
+        use http_body_util::BodyExt;
+        let size = 4 << 20;
+        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + size, b'x');
+        let (pool, _) = split_upstream(answer, Vec::new()).await;
+        let req = Request::get("/")
+            .body(RequestBody::full(Bytes::new()))
+            .expect("request");
+        let resp = pool
+            .send(req, Instant::now() + std::time::Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("{:?}", e.error))
+            .expect("an answer");
+        let mut largest = 0;
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let data = frame.expect("a frame").into_data().unwrap_or_default();
+            largest = largest.max(data.len());
+        }
+        // Reads grew while the body streamed, and were trimmed after it.
+        assert!(largest > 2 * READ_CHUNK, "largest read {largest}");
+        let capacities = pool.idle().read_capacities();
+        assert_eq!(capacities.len(), 1, "the connection is back");
+        assert!(capacities[0] <= 2 * READ_CHUNK, "{capacities:?}");
     }
 
     #[test]

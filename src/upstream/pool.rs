@@ -115,12 +115,20 @@ pub(super) struct Idle {
 
 impl Idle {
     /// Keeps a connection whose exchange is complete, if there is room.
-    pub(super) fn put(&self, conn: Box<http1::Conn>) {
+    pub(super) fn put(&self, mut conn: Box<http1::Conn>) {
+        conn.trim();
         let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if conns.len() < self.max {
             conns.push((conn, now));
         }
+    }
+
+    /// The read buffer capacity of each idle connection.
+    #[cfg(test)]
+    pub(super) fn read_capacities(&self) -> Vec<usize> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.iter().map(|(c, _)| c.read_capacity()).collect()
     }
 
     /// A connection that can carry a request now, if one waits.
@@ -173,6 +181,11 @@ impl http_body::Body for Body {
 impl Pool {
     pub fn config(&self) -> &PoolConfig {
         &self.cfg
+    }
+
+    #[cfg(test)]
+    pub(super) fn idle(&self) -> &Idle {
+        &self.idle
     }
 
     pub fn new(authority: Authority, cfg: PoolConfig) -> Pool {
