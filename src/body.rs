@@ -210,8 +210,8 @@ pub struct UpstreamBody {
     /// Armed only when the upstream makes us wait: most small bodies arrive
     /// with their headers and never need a timer.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Released (connection back to the pool) at the end of the body;
-    /// dropped (connection closed) if the body is abandoned.
+    /// The target's in-flight slot, let go at the end of the body (or
+    /// when the body is dropped).
     in_flight: Option<InFlight>,
 }
 
@@ -232,23 +232,14 @@ impl ResponseBody {
         read_timeout: Duration,
         in_flight: InFlight,
     ) -> Self {
-        if inner.is_end_stream() {
-            // hyper will not poll an empty body: the exchange is already complete.
-            in_flight.finish();
-            return ResponseBody::Upstream(UpstreamBody {
-                inner,
-                deadline,
-                read_timeout,
-                timer: None,
-                in_flight: None,
-            });
-        }
+        // hyper will not poll an empty body: the exchange is already complete.
+        let in_flight = (!inner.is_end_stream()).then_some(in_flight);
         ResponseBody::Upstream(UpstreamBody {
             inner,
             deadline,
             read_timeout,
             timer: None,
-            in_flight: Some(in_flight),
+            in_flight,
         })
     }
 }
@@ -270,10 +261,8 @@ impl Body for ResponseBody {
                             .as_mut()
                             .reset(up.deadline.min(Instant::now() + up.read_timeout));
                     }
-                    if up.inner.is_end_stream()
-                        && let Some(f) = up.in_flight.take()
-                    {
-                        f.finish();
+                    if up.inner.is_end_stream() {
+                        up.in_flight = None;
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
@@ -282,9 +271,7 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(None) => {
-                    if let Some(f) = up.in_flight.take() {
-                        f.finish();
-                    }
+                    up.in_flight = None;
                     Poll::Ready(None)
                 }
                 Poll::Pending => {

@@ -88,15 +88,10 @@ impl Target {
     }
 }
 
-/// Holds a target's in-flight slot until the response body is done (the
-/// body's connection goes back to the pool by itself).
+/// Holds a target's in-flight slot until dropped, when the response body
+/// is done (the body's connection goes back to the pool by itself).
 pub struct InFlight {
     target: Arc<Target>,
-}
-
-impl InFlight {
-    /// The response was read to the end.
-    pub fn finish(self) {}
 }
 
 impl Drop for InFlight {

@@ -92,6 +92,15 @@ impl Conn {
         self.read.capacity()
     }
 
+    /// Puts a connection whose exchange is complete back on `idle`, unless
+    /// the upstream sent more than the answer (those bytes would be read
+    /// as the next request's answer).
+    fn park(self: Box<Self>, idle: &Idle) {
+        if self.read.is_empty() {
+            idle.put(self);
+        }
+    }
+
     /// Whether an idle connection may carry a request: the upstream has not
     /// closed it or sent anything unasked. Costs no system call unless the
     /// socket was reported readable.
@@ -175,25 +184,20 @@ impl Conn {
             first: None,
             framing,
         };
-        match &mut answer.framing {
-            ResponseFraming::Length(n) if self.read.len() as u64 >= *n => {
-                // The whole body came with the head: the connection is free now.
-                let n = *n as usize;
-                answer.first = (n > 0).then(|| self.read.split_to(n).freeze());
-                answer.framing = ResponseFraming::Done;
-                if reusable && self.read.is_empty() {
-                    idle.put(self);
-                }
+        if let ResponseFraming::Length(n) = answer.framing
+            && self.read.len() as u64 >= n
+        {
+            // The whole body came with the head: the connection is free now.
+            answer.first = Some(self.read.split_to(n as usize).freeze());
+            answer.framing = ResponseFraming::Done;
+        }
+        if answer.framing == ResponseFraming::Done {
+            if reusable {
+                self.park(idle);
             }
-            ResponseFraming::Done => {
-                if reusable && self.read.is_empty() {
-                    idle.put(self);
-                }
-            }
-            _ => {
-                answer.conn = Some(self);
-                answer.idle = reusable.then(|| idle.clone());
-            }
+        } else {
+            answer.conn = Some(self);
+            answer.idle = reusable.then(|| idle.clone());
         }
         Ok(response.map(|()| answer))
     }
@@ -669,16 +673,13 @@ impl Body {
     /// The body is read to its end: the connection may serve another request.
     fn complete(&mut self) {
         self.framing = ResponseFraming::Done;
-        let conn = self.conn.take();
-        if let (Some(conn), Some(idle)) = (conn, self.idle.take())
-            && conn.read.is_empty()
-        {
-            idle.put(conn);
+        if let (Some(conn), Some(idle)) = (self.conn.take(), self.idle.take()) {
+            conn.park(&idle);
         }
     }
 
     /// Reads more into the connection's buffer; an early end is an error.
-    fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_more(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match ready!(poll_fill(&mut conn.io, &mut conn.read, &mut conn.want, cx)) {
             Ok(0) => Poll::Ready(Err(body_error("the upstream closed the connection mid-body"))),
             Ok(_) => Poll::Ready(Ok(())),
@@ -759,7 +760,7 @@ impl Body {
                         .conn
                         .as_mut()
                         .expect("a body being read holds its connection");
-                    if let Err(e) = ready!(Self::poll_fill(conn, cx)) {
+                    if let Err(e) = ready!(Self::poll_more(conn, cx)) {
                         return Poll::Ready(Some(Err(e)));
                     }
                 }
@@ -835,7 +836,7 @@ impl http_body::Body for Body {
                     .as_mut()
                     .expect("a body being read holds its connection");
                 if conn.read.is_empty()
-                    && let Err(e) = ready!(Self::poll_fill(conn, cx))
+                    && let Err(e) = ready!(Self::poll_more(conn, cx))
                 {
                     return Poll::Ready(Some(Err(e)));
                 }
