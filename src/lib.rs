@@ -25,6 +25,7 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod hex;
+pub mod http1;
 pub mod plugins;
 pub mod proxy;
 pub mod redis_client;

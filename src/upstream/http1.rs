@@ -23,26 +23,21 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
-use tokio_util::io::poll_read_buf;
 
 use super::pool::{CallError, Idle, UpstreamIo};
 use crate::body::{BoxError, RequestBody};
+use crate::http1::{
+    BodyFraming, Chunked, Decoded, Framing, FramingError, MAX_HEADERS, READ_CHUNK, is_allowed_trailer,
+    poll_fill, put_chunk_size, put_field,
+};
 
-/// At most this many header fields in a response head (hyper's default).
-const MAX_HEADERS: usize = 100;
-/// A response head (or trailer section) larger than this is refused.
+/// A response head larger than this is refused.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// A chunk-size line (with extensions) longer than this is refused.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// Room asked of the read buffer before a read, at first...
-const READ_CHUNK: usize = 8 * 1024;
-/// ...and at most, after reads that kept filling it (a large body).
-const MAX_READ: usize = 256 * 1024;
 
 /// One HTTP/1.1 connection to a target, idle or in an exchange. Boxed for
 /// its life, so that handing it between the pool and a body moves a pointer.
@@ -184,14 +179,14 @@ impl Conn {
             first: None,
             framing,
         };
-        if let ResponseFraming::Length(n) = answer.framing
+        if let BodyFraming::Length(n) = answer.framing
             && self.read.len() as u64 >= n
         {
             // The whole body came with the head: the connection is free now.
             answer.first = Some(self.read.split_to(n as usize).freeze());
-            answer.framing = ResponseFraming::Done;
+            answer.framing = BodyFraming::Done;
         }
-        if answer.framing == ResponseFraming::Done {
+        if answer.framing == BodyFraming::Done {
             if reusable {
                 self.park(idle);
             }
@@ -238,10 +233,7 @@ fn encode_head(buf: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
         if name == TRANSFER_ENCODING {
             continue;
         }
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
+        put_field(buf, name, value);
     }
     let framing = if body.is_end_stream() {
         // RFC 9110 §8.6: a length for methods that define content, even empty.
@@ -356,7 +348,7 @@ impl Outgoing {
                 if std::mem::replace(&mut self.crlf_due, true) {
                     buf.extend_from_slice(b"\r\n");
                 }
-                buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                put_chunk_size(buf, data.len());
             }
             _ => {}
         }
@@ -378,10 +370,7 @@ impl Outgoing {
                     if !is_allowed_trailer(name) {
                         continue;
                     }
-                    buf.extend_from_slice(name.as_str().as_bytes());
-                    buf.extend_from_slice(b": ");
-                    buf.extend_from_slice(value.as_bytes());
-                    buf.extend_from_slice(b"\r\n");
+                    put_field(buf, name, value);
                 }
                 buf.extend_from_slice(b"\r\n");
                 Ok(())
@@ -395,27 +384,10 @@ fn body_length_error() -> CallError {
     CallError::Exchange("the request body does not match its length".into())
 }
 
-/// Fields that must not travel as trailers (RFC 9110 §6.5.1): framing,
-/// routing and connection control.
-fn is_allowed_trailer(name: &HeaderName) -> bool {
-    use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, TE, TRAILER};
-    ![
-        CONTENT_LENGTH,
-        TRANSFER_ENCODING,
-        CONNECTION,
-        HOST,
-        TE,
-        TRAILER,
-        AUTHORIZATION,
-        CONTENT_TYPE,
-    ]
-    .contains(name)
-}
-
 /// A parsed response head, and how its body is framed.
 struct Head {
     response: Response<()>,
-    framing: ResponseFraming,
+    framing: BodyFraming,
     keep_alive: bool,
 }
 
@@ -451,27 +423,24 @@ fn poll_head(
     }
 }
 
-/// One read from the upstream into `read`, with room for `want` more
-/// bytes. Like hyper's adaptive strategy: a read that fills the room asks
-/// for twice as much next time (a large body streams in fewer reads), one
-/// that uses little of it asks for half.
-fn poll_fill(
-    io: &mut UpstreamIo,
-    read: &mut BytesMut,
-    want: &mut usize,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    if read.capacity() - read.len() < *want / 2 {
-        read.reserve(*want);
+/// How a response body is delimited (RFC 9112 §6.3).
+fn response_framing(f: &Framing, status: StatusCode, to_head: bool) -> Result<BodyFraming, CallError> {
+    if to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(BodyFraming::Done);
     }
-    let room = read.capacity() - read.len();
-    let n = ready!(poll_read_buf(Pin::new(io), cx, read))?;
-    if n == room {
-        *want = (*want * 2).min(MAX_READ);
-    } else if n < room / 4 {
-        *want = (*want / 2).max(READ_CHUNK);
-    }
-    Poll::Ready(Ok(n))
+    Ok(match (f.transfer_encoding, f.length) {
+        (Some(_), Some(_)) => {
+            return Err(protocol(
+                "the response has both Content-Length and Transfer-Encoding",
+            ));
+        }
+        (Some(true), None) => BodyFraming::Chunked(Chunked::Size),
+        // Another coding last: the body runs to the end of the connection.
+        (Some(false), None) => BodyFraming::Close,
+        (None, Some(0)) => BodyFraming::Done,
+        (None, Some(n)) => BodyFraming::Length(n),
+        (None, None) => BodyFraming::Close,
+    })
 }
 
 fn protocol(message: &'static str) -> CallError {
@@ -529,7 +498,12 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
             .map_err(|_| protocol("a response header name is invalid"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| protocol("a response header value is invalid"))?;
-        framing.note(&name, &value)?;
+        framing.note(&name, &value).map_err(|e| {
+            protocol(match e {
+                FramingError::InvalidLength => "the response Content-Length is invalid",
+                FramingError::ConflictingLengths => "the response has conflicting Content-Length values",
+            })
+        })?;
         headers.append(name, value);
     }
     let version = if version == 1 {
@@ -538,8 +512,8 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
         Version::HTTP_10
     };
     let close = framing.close;
-    let framing = framing.body(status, to_head)?;
-    let keep_alive = version == Version::HTTP_11 && framing != ResponseFraming::Close && !close;
+    let framing = response_framing(&framing, status, to_head)?;
+    let keep_alive = version == Version::HTTP_11 && framing != BodyFraming::Close && !close;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -551,107 +525,6 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
     }))
 }
 
-/// What a response head says about its body and connection.
-#[derive(Default)]
-struct Framing {
-    /// `Content-Length`, all its values agreeing.
-    length: Option<u64>,
-    /// `Transfer-Encoding` seen, and whether its last coding is `chunked`.
-    transfer_encoding: Option<bool>,
-    /// `Connection: close`.
-    close: bool,
-}
-
-impl Framing {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), CallError> {
-        if name == CONTENT_LENGTH {
-            for part in value.as_bytes().split(|&b| b == b',') {
-                let n = parse_length(trim(part))
-                    .ok_or_else(|| protocol("the response Content-Length is invalid"))?;
-                if self.length.is_some_and(|l| l != n) {
-                    return Err(protocol("the response has conflicting Content-Length values"));
-                }
-                self.length = Some(n);
-            }
-        } else if name == TRANSFER_ENCODING {
-            let last = value.as_bytes().rsplit(|&b| b == b',').next().map(trim);
-            self.transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
-        } else if name == CONNECTION {
-            self.close |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(b"close"));
-        }
-        Ok(())
-    }
-
-    /// How the body is delimited (RFC 9112 §6.3).
-    fn body(&self, status: StatusCode, to_head: bool) -> Result<ResponseFraming, CallError> {
-        if to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            return Ok(ResponseFraming::Done);
-        }
-        Ok(match (self.transfer_encoding, self.length) {
-            (Some(_), Some(_)) => {
-                return Err(protocol(
-                    "the response has both Content-Length and Transfer-Encoding",
-                ));
-            }
-            (Some(true), None) => ResponseFraming::Chunked(Chunked::Size),
-            // Another coding last: the body runs to the end of the connection.
-            (Some(false), None) => ResponseFraming::Close,
-            (None, Some(0)) => ResponseFraming::Done,
-            (None, Some(n)) => ResponseFraming::Length(n),
-            (None, None) => ResponseFraming::Close,
-        })
-    }
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !matches!(c, b' ' | b'\t'))
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !matches!(c, b' ' | b'\t'))
-        .map_or(start, |e| e + 1);
-    &b[start..end]
-}
-
-/// Decimal digits only, no sign, no overflow.
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
-    })
-}
-
-/// How much of the response body is left, by its framing.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum ResponseFraming {
-    /// Bytes still to come.
-    Length(u64),
-    Chunked(Chunked),
-    /// Until the upstream closes the connection.
-    Close,
-    Done,
-}
-
-/// Where the chunked decoder is.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Chunked {
-    /// At a chunk-size line.
-    Size,
-    /// Inside a chunk's data, with this much left.
-    Data(u64),
-    /// After a chunk's data, at its CRLF.
-    DataEnd,
-    /// After the last chunk: the trailer section.
-    Trailers,
-}
-
 /// A response body read from an HTTP/1.1 upstream connection.
 pub struct Body {
     /// The connection, while the body is being read from it.
@@ -661,7 +534,7 @@ pub struct Body {
     idle: Option<Arc<Idle>>,
     /// The part of the body that came with the head.
     first: Option<Bytes>,
-    framing: ResponseFraming,
+    framing: BodyFraming,
 }
 
 /// The upstream broke the body's framing, or the connection mid-body.
@@ -672,145 +545,11 @@ fn body_error(message: &'static str) -> BoxError {
 impl Body {
     /// The body is read to its end: the connection may serve another request.
     fn complete(&mut self) {
-        self.framing = ResponseFraming::Done;
+        self.framing = BodyFraming::Done;
         if let (Some(conn), Some(idle)) = (self.conn.take(), self.idle.take()) {
             conn.park(&idle);
         }
     }
-
-    /// Reads more into the connection's buffer; an early end is an error.
-    fn poll_more(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match ready!(poll_fill(&mut conn.io, &mut conn.read, &mut conn.want, cx)) {
-            Ok(0) => Poll::Ready(Err(body_error("the upstream closed the connection mid-body"))),
-            Ok(_) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(e.into())),
-        }
-    }
-
-    fn poll_chunked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            let ResponseFraming::Chunked(state) = self.framing else {
-                return Poll::Ready(None);
-            };
-            let conn = self
-                .conn
-                .as_mut()
-                .expect("a body being read holds its connection");
-            let read = &mut conn.read;
-            let step = match state {
-                Chunked::Size => match memchr::memchr(b'\n', read) {
-                    Some(end) => {
-                        let size = parse_chunk_size(&read[..end])
-                            .ok_or_else(|| body_error("a chunk size is invalid"));
-                        read.advance(end + 1);
-                        match size {
-                            Ok(0) => Some(Chunked::Trailers),
-                            Ok(n) => Some(Chunked::Data(n)),
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        }
-                    }
-                    None if read.len() > MAX_CHUNK_LINE => {
-                        return Poll::Ready(Some(Err(body_error("a chunk-size line is too long"))));
-                    }
-                    None => None,
-                },
-                Chunked::Data(left) if !read.is_empty() => {
-                    let take = (read.len() as u64).min(left) as usize;
-                    let data = read.split_to(take).freeze();
-                    let left = left - take as u64;
-                    self.framing = ResponseFraming::Chunked(if left == 0 {
-                        Chunked::DataEnd
-                    } else {
-                        Chunked::Data(left)
-                    });
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Chunked::Data(_) => None,
-                Chunked::DataEnd if read.len() >= 2 => {
-                    if &read[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(body_error("a chunk does not end with CRLF"))));
-                    }
-                    read.advance(2);
-                    Some(Chunked::Size)
-                }
-                Chunked::DataEnd => None,
-                Chunked::Trailers => {
-                    if read.starts_with(b"\r\n") {
-                        read.advance(2);
-                        self.complete();
-                        return Poll::Ready(None);
-                    }
-                    match parse_trailers(read) {
-                        Ok(Some(trailers)) => {
-                            self.complete();
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                        }
-                        Ok(None) if read.len() > MAX_HEAD_BYTES => {
-                            return Poll::Ready(Some(Err(body_error("the trailer section is too large"))));
-                        }
-                        Ok(None) => None,
-                        Err(e) => return Poll::Ready(Some(Err(e))),
-                    }
-                }
-            };
-            match step {
-                Some(next) => self.framing = ResponseFraming::Chunked(next),
-                None => {
-                    let conn = self
-                        .conn
-                        .as_mut()
-                        .expect("a body being read holds its connection");
-                    if let Err(e) = ready!(Self::poll_more(conn, cx)) {
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A chunk-size line without its LF: hex digits, then optional
-/// extensions, then CR.
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r")?;
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
-        return None;
-    }
-    let rest = &line[digits..];
-    let rest = &rest[rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()..];
-    if !(rest.is_empty() || rest[0] == b';') {
-        return None;
-    }
-    let hex = std::str::from_utf8(&line[..digits]).ok()?;
-    u64::from_str_radix(hex, 16).ok()
-}
-
-/// The trailer section at the start of `read` (ending in an empty line),
-/// consumed when complete.
-fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, BoxError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (len, map) = match httparse::parse_headers(read, &mut fields) {
-        Ok(httparse::Status::Complete((len, fields))) => {
-            let mut map = HeaderMap::with_capacity(fields.len());
-            for field in fields.iter() {
-                let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(field.name.as_bytes()),
-                    HeaderValue::from_bytes(field.value),
-                ) else {
-                    return Err(body_error("a trailer field is invalid"));
-                };
-                if is_allowed_trailer(&name) {
-                    map.append(name, value);
-                }
-            }
-            (len, map)
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(body_error("the trailer section is malformed")),
-    };
-    read.advance(len);
-    Ok(Some(map))
 }
 
 impl http_body::Body for Body {
@@ -823,65 +562,65 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Some(first) = this.first.take() {
-            if let ResponseFraming::Length(left) = &mut this.framing {
+            if let BodyFraming::Length(left) = &mut this.framing {
                 *left -= first.len() as u64;
             }
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
-        match this.framing {
-            ResponseFraming::Done => Poll::Ready(None),
-            ResponseFraming::Length(left) => {
-                let conn = this
-                    .conn
-                    .as_mut()
-                    .expect("a body being read holds its connection");
-                if conn.read.is_empty()
-                    && let Err(e) = ready!(Self::poll_more(conn, cx))
-                {
-                    return Poll::Ready(Some(Err(e)));
-                }
-                let take = (conn.read.len() as u64).min(left) as usize;
-                let data = conn.read.split_to(take).freeze();
-                let left = left - take as u64;
-                this.framing = ResponseFraming::Length(left);
-                if left == 0 {
-                    this.complete();
-                }
-                Poll::Ready(Some(Ok(Frame::data(data))))
+        loop {
+            if this.framing == BodyFraming::Done {
+                return Poll::Ready(None);
             }
-            ResponseFraming::Close => {
-                let conn = this
-                    .conn
-                    .as_mut()
-                    .expect("a body being read holds its connection");
-                if conn.read.is_empty() {
-                    match ready!(poll_fill(&mut conn.io, &mut conn.read, &mut conn.want, cx)) {
-                        Ok(0) => {
-                            // The end of the connection is the end of this body.
-                            this.framing = ResponseFraming::Done;
-                            this.conn = None;
-                            return Poll::Ready(None);
-                        }
-                        Ok(_) => {}
-                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            let conn = this
+                .conn
+                .as_mut()
+                .expect("a body being read holds its connection");
+            match this.framing.decode(&mut conn.read) {
+                Ok(Decoded::Data(data)) => {
+                    if this.framing == BodyFraming::Done {
+                        this.complete();
                     }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(Some(Ok(Frame::data(conn.read.split().freeze()))))
+                Ok(Decoded::Trailers(trailers)) => {
+                    this.complete();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Ok(Decoded::End) => {
+                    this.complete();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::More) => {}
+                Err(e) => return Poll::Ready(Some(Err(body_error(e)))),
             }
-            ResponseFraming::Chunked(_) => this.poll_chunked(cx),
+            match ready!(poll_fill(&mut conn.io, &mut conn.read, &mut conn.want, cx)) {
+                Ok(0) if this.framing == BodyFraming::Close => {
+                    // The end of the connection is the end of this body.
+                    this.framing = BodyFraming::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return Poll::Ready(Some(Err(body_error(
+                        "the upstream closed the connection mid-body",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.framing == ResponseFraming::Done
+        self.first.is_none() && self.framing == BodyFraming::Done
     }
 
     fn size_hint(&self) -> SizeHint {
         let first = self.first.as_ref().map_or(0, |f| f.len() as u64);
         match self.framing {
-            ResponseFraming::Done => SizeHint::with_exact(first),
+            BodyFraming::Done => SizeHint::with_exact(first),
             // `first` is counted in `left` until it is handed out.
-            ResponseFraming::Length(left) => SizeHint::with_exact(left),
+            BodyFraming::Length(left) => SizeHint::with_exact(left),
             _ => SizeHint::default(),
         }
     }
@@ -895,7 +634,7 @@ mod tests {
         parse_head(&mut BytesMut::from(raw), to_head)
     }
 
-    fn framing(raw: &str) -> ResponseFraming {
+    fn framing(raw: &str) -> BodyFraming {
         match head(raw, false) {
             Ok(Some(h)) => h.framing,
             Ok(None) => panic!("incomplete head"),
@@ -907,38 +646,32 @@ mod tests {
     fn a_response_body_is_framed_by_its_headers() {
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
-            ResponseFraming::Length(5)
+            BodyFraming::Length(5)
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
-            ResponseFraming::Length(5)
+            BodyFraming::Length(5)
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
-            ResponseFraming::Done
+            BodyFraming::Done
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
-            ResponseFraming::Chunked(Chunked::Size)
+            BodyFraming::Chunked(Chunked::Size)
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
-            ResponseFraming::Close
+            BodyFraming::Close
         );
-        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), ResponseFraming::Close);
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), BodyFraming::Close);
         assert_eq!(
             framing("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
-            ResponseFraming::Done
+            BodyFraming::Done
         );
-        assert_eq!(
-            framing("HTTP/1.1 304 Not Modified\r\n\r\n"),
-            ResponseFraming::Done
-        );
+        assert_eq!(framing("HTTP/1.1 304 Not Modified\r\n\r\n"), BodyFraming::Done);
         let to_head = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true);
-        assert_eq!(
-            to_head.ok().flatten().map(|h| h.framing),
-            Some(ResponseFraming::Done)
-        );
+        assert_eq!(to_head.ok().flatten().map(|h| h.framing), Some(BodyFraming::Done));
     }
 
     #[test]
@@ -980,18 +713,6 @@ mod tests {
         assert!(!close.ok().flatten().expect("head").keep_alive);
         let old = head("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false);
         assert!(!old.ok().flatten().expect("head").keep_alive);
-    }
-
-    #[test]
-    fn chunk_sizes_are_hex_with_optional_extensions() {
-        assert_eq!(parse_chunk_size(b"1a\r"), Some(26));
-        assert_eq!(parse_chunk_size(b"1A;name=value\r"), Some(26));
-        assert_eq!(parse_chunk_size(b"0 ;x\r"), Some(0));
-        assert_eq!(parse_chunk_size(b"1a"), None, "no CR");
-        assert_eq!(parse_chunk_size(b"\r"), None);
-        assert_eq!(parse_chunk_size(b"-1\r"), None);
-        assert_eq!(parse_chunk_size(b"1x\r"), None);
-        assert_eq!(parse_chunk_size(b"1000000000000000\r"), None, "overflow");
     }
 
     /// One upstream connection on 127.0.0.1 answering every request with

@@ -1,0 +1,395 @@
+//! HTTP/1.1 message framing (RFC 9112), shared by the two sides that speak
+//! it: client connections ([`crate::proxy::http1`]) and upstream
+//! connections ([`crate::upstream::http1`]).
+//!
+//! Both read into a `BytesMut` and take bodies out of it with
+//! [`BodyFraming::decode`]: sized bodies, chunked bodies (extensions and
+//! trailers), and bodies that end with the connection.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::io::AsyncRead;
+use tokio_util::io::poll_read_buf;
+
+/// At most this many header fields in a head (hyper's default).
+pub const MAX_HEADERS: usize = 100;
+/// A trailer section larger than this is refused.
+pub const MAX_TRAILER_BYTES: usize = 64 * 1024;
+/// A chunk-size line (with extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Room asked of the read buffer before a read, at first...
+pub const READ_CHUNK: usize = 8 * 1024;
+/// ...and at most, after reads that kept filling it (a large body).
+const MAX_READ: usize = 256 * 1024;
+
+/// One read into `read`, with room for `want` more bytes. Like hyper's
+/// adaptive strategy: a read that fills the room asks for twice as much
+/// next time (a large body streams in fewer reads), one that uses little
+/// of it asks for half.
+pub fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
+    io: &mut R,
+    read: &mut BytesMut,
+    want: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if read.capacity() - read.len() < *want / 2 {
+        read.reserve(*want);
+    }
+    let room = read.capacity() - read.len();
+    let n = ready!(poll_read_buf(Pin::new(io), cx, read))?;
+    if n == room {
+        *want = (*want * 2).min(MAX_READ);
+    } else if n < room / 4 {
+        *want = (*want / 2).max(READ_CHUNK);
+    }
+    Poll::Ready(Ok(n))
+}
+
+/// The fields of a head that frame its body and its connection, noted
+/// while the head is built (no lookups after).
+#[derive(Default)]
+pub struct Framing {
+    /// `Content-Length`, all its values agreeing.
+    pub length: Option<u64>,
+    /// `Transfer-Encoding` seen, and whether its last coding is `chunked`.
+    pub transfer_encoding: Option<bool>,
+    /// `Connection: close`.
+    pub close: bool,
+    /// `Connection: keep-alive` (what an HTTP/1.0 peer must say to keep it).
+    pub keep_alive: bool,
+}
+
+/// Why a head's framing fields cannot be trusted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FramingError {
+    InvalidLength,
+    ConflictingLengths,
+}
+
+impl Framing {
+    /// Notes one header field of the head.
+    pub fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), FramingError> {
+        if name == CONTENT_LENGTH {
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let n = parse_length(trim(part)).ok_or(FramingError::InvalidLength)?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(FramingError::ConflictingLengths);
+                }
+                self.length = Some(n);
+            }
+        } else if name == TRANSFER_ENCODING {
+            let last = value.as_bytes().rsplit(|&b| b == b',').next().map(trim);
+            self.transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if name == CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',').map(trim) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// Decimal digits only, no sign, no overflow.
+pub fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+/// How much of a message body is left, by its framing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BodyFraming {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the peer closes the connection (responses only).
+    Close,
+    Done,
+}
+
+/// Where the chunked decoder is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Chunked {
+    /// At a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this much left.
+    Data(u64),
+    /// After a chunk's data, at its CRLF.
+    DataEnd,
+    /// After the last chunk: the trailer section.
+    Trailers,
+}
+
+/// What [`BodyFraming::decode`] took out of the buffer.
+#[derive(Debug)]
+pub enum Decoded {
+    Data(Bytes),
+    /// The trailer section; the body is done.
+    Trailers(HeaderMap),
+    /// The body is done.
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+impl BodyFraming {
+    /// Takes the next piece of the body out of `read`. After `Data` the
+    /// framing is `Done` if that was the last of it.
+    pub fn decode(&mut self, read: &mut BytesMut) -> Result<Decoded, &'static str> {
+        loop {
+            match *self {
+                BodyFraming::Done => return Ok(Decoded::End),
+                BodyFraming::Length(_) | BodyFraming::Close if read.is_empty() => return Ok(Decoded::More),
+                BodyFraming::Length(left) => {
+                    let take = (read.len() as u64).min(left) as usize;
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        BodyFraming::Done
+                    } else {
+                        BodyFraming::Length(left)
+                    };
+                    return Ok(Decoded::Data(read.split_to(take).freeze()));
+                }
+                BodyFraming::Close => return Ok(Decoded::Data(read.split().freeze())),
+                BodyFraming::Chunked(state) => {
+                    let next = match state {
+                        Chunked::Size => match memchr::memchr(b'\n', read) {
+                            Some(end) => {
+                                let size = parse_chunk_size(&read[..end]).ok_or("a chunk size is invalid")?;
+                                read.advance(end + 1);
+                                if size == 0 {
+                                    Chunked::Trailers
+                                } else {
+                                    Chunked::Data(size)
+                                }
+                            }
+                            None if read.len() > MAX_CHUNK_LINE => {
+                                return Err("a chunk-size line is too long");
+                            }
+                            None => return Ok(Decoded::More),
+                        },
+                        Chunked::Data(_) if read.is_empty() => return Ok(Decoded::More),
+                        Chunked::Data(left) => {
+                            let take = (read.len() as u64).min(left) as usize;
+                            let left = left - take as u64;
+                            *self = BodyFraming::Chunked(if left == 0 {
+                                Chunked::DataEnd
+                            } else {
+                                Chunked::Data(left)
+                            });
+                            return Ok(Decoded::Data(read.split_to(take).freeze()));
+                        }
+                        Chunked::DataEnd if read.len() < 2 => return Ok(Decoded::More),
+                        Chunked::DataEnd => {
+                            if &read[..2] != b"\r\n" {
+                                return Err("a chunk does not end with CRLF");
+                            }
+                            read.advance(2);
+                            Chunked::Size
+                        }
+                        Chunked::Trailers => {
+                            if read.starts_with(b"\r\n") {
+                                read.advance(2);
+                                *self = BodyFraming::Done;
+                                return Ok(Decoded::End);
+                            }
+                            return match parse_trailers(read)? {
+                                Some(trailers) => {
+                                    *self = BodyFraming::Done;
+                                    Ok(Decoded::Trailers(trailers))
+                                }
+                                None if read.len() > MAX_TRAILER_BYTES => {
+                                    Err("the trailer section is too large")
+                                }
+                                None => Ok(Decoded::More),
+                            };
+                        }
+                    };
+                    *self = BodyFraming::Chunked(next);
+                }
+            }
+        }
+    }
+}
+
+/// A chunk-size line without its LF: hex digits, then optional
+/// extensions, then CR.
+pub fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r")?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let rest = &line[digits..];
+    let rest = &rest[rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()..];
+    if !(rest.is_empty() || rest[0] == b';') {
+        return None;
+    }
+    let hex = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The trailer section at the start of `read` (ending in an empty line),
+/// consumed when complete. Fields that must not be trailers are dropped.
+fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (len, map) = match httparse::parse_headers(read, &mut fields) {
+        Ok(httparse::Status::Complete((len, fields))) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for field in fields.iter() {
+                let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(field.name.as_bytes()),
+                    HeaderValue::from_bytes(field.value),
+                ) else {
+                    return Err("a trailer field is invalid");
+                };
+                if is_allowed_trailer(&name) {
+                    map.append(name, value);
+                }
+            }
+            (len, map)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("the trailer section is malformed"),
+    };
+    read.advance(len);
+    Ok(Some(map))
+}
+
+/// Fields that must not travel as trailers (RFC 9110 §6.5.1): framing,
+/// routing and connection control.
+pub fn is_allowed_trailer(name: &HeaderName) -> bool {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, TE, TRAILER};
+    ![
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONNECTION,
+        HOST,
+        TE,
+        TRAILER,
+        AUTHORIZATION,
+        CONTENT_TYPE,
+    ]
+    .contains(name)
+}
+
+/// Appends `name: value\r\n`.
+pub fn put_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    buf.extend_from_slice(name.as_str().as_bytes());
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Appends a chunk-size line for `len` bytes of data.
+pub fn put_chunk_size(buf: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+    buf.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(parse_chunk_size(b"1a\r"), Some(26));
+        assert_eq!(parse_chunk_size(b"1A;name=value\r"), Some(26));
+        assert_eq!(parse_chunk_size(b"0 ;x\r"), Some(0));
+        assert_eq!(parse_chunk_size(b"1a"), None, "no CR");
+        assert_eq!(parse_chunk_size(b"\r"), None);
+        assert_eq!(parse_chunk_size(b"-1\r"), None);
+        assert_eq!(parse_chunk_size(b"1x\r"), None);
+        assert_eq!(parse_chunk_size(b"1000000000000000\r"), None, "overflow");
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        for (n, want) in [(0, "0\r\n"), (9, "9\r\n"), (26, "1a\r\n"), (65536, "10000\r\n")] {
+            let mut buf = Vec::new();
+            put_chunk_size(&mut buf, n);
+            assert_eq!(buf, want.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_to_its_data_and_trailers() {
+        let mut read =
+            BytesMut::from(&b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 9\r\nhost: no\r\n\r\nNEXT"[..]);
+        let mut framing = BodyFraming::Chunked(Chunked::Size);
+        let mut data = Vec::new();
+        let trailers = loop {
+            match framing.decode(&mut read).unwrap() {
+                Decoded::Data(d) => data.extend_from_slice(&d),
+                Decoded::Trailers(t) => break t,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(data, b"abcde");
+        assert_eq!(trailers.get("x-sum").unwrap(), "9");
+        assert!(trailers.get("host").is_none(), "routing fields are not trailers");
+        assert_eq!(framing, BodyFraming::Done);
+        assert_eq!(&read[..], b"NEXT", "the next message is left in the buffer");
+    }
+
+    #[test]
+    fn a_sized_body_stops_at_its_length() {
+        let mut read = BytesMut::from(&b"hello world"[..]);
+        let mut framing = BodyFraming::Length(5);
+        match framing.decode(&mut read).unwrap() {
+            Decoded::Data(d) => assert_eq!(&d[..], b"hello"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(framing, BodyFraming::Done);
+        assert_eq!(&read[..], b" world");
+    }
+
+    #[test]
+    fn a_bad_chunk_is_an_error() {
+        for raw in [&b"zz\r\n"[..], b"3\r\nabcX\r\n"] {
+            let mut read = BytesMut::from(raw);
+            let mut framing = BodyFraming::Chunked(Chunked::Size);
+            let err = loop {
+                match framing.decode(&mut read) {
+                    Ok(Decoded::Data(_)) => {}
+                    Ok(other) => panic!("unexpected {other:?}"),
+                    Err(e) => break e,
+                }
+            };
+            assert!(err.contains("chunk"), "{err}");
+        }
+    }
+}
