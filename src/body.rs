@@ -49,7 +49,7 @@ impl std::error::Error for ReadTimeout {}
 
 /// The client's body broke mid-stream (bad chunk, reset): its fault, not the upstream's.
 #[derive(Debug)]
-pub struct ClientBodyError(pub hyper::Error);
+pub struct ClientBodyError(pub BoxError);
 
 impl std::fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +58,44 @@ impl std::fmt::Display for ClientBodyError {
 }
 impl std::error::Error for ClientBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
+        Some(&*self.0)
+    }
+}
+
+/// A client's request body as its connection hands it over.
+pub enum ClientBody {
+    /// HTTP/2, and HTTP/1.1 connections hyper serves (upgrades).
+    Hyper(Incoming),
+    /// HTTP/1.1 from the gateway's own connection loop.
+    Http1(crate::proxy::http1::ServerBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Http1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Http1(b) => b.size_hint(),
+        }
     }
 }
 
@@ -75,12 +112,12 @@ pub struct RequestBody {
 }
 
 enum Source {
-    Stream(Incoming),
+    Stream(ClientBody),
     Full(Option<Bytes>),
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64, counter: Option<Arc<AtomicU64>>) -> Self {
+    pub fn new(inner: ClientBody, limit: u64, counter: Option<Arc<AtomicU64>>) -> Self {
         RequestBody {
             source: Source::Stream(inner),
             limit,

@@ -15,12 +15,11 @@ use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, Version, request};
 use http_body::Body;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::forwarded;
 use super::websocket::Upgrade;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::config::Protocol;
 use crate::error::GatewayError;
 use crate::plugins::cache::Plan;
@@ -63,7 +62,7 @@ static RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("rateli
 pub async fn handle(
     rt: &Runtime,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     ex: &mut Exchange,
 ) -> Response<ResponseBody> {
     let settings = &rt.settings;
@@ -113,7 +112,7 @@ pub async fn handle(
 async fn process(
     rt: &Runtime,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     request_id: &HeaderValue,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {

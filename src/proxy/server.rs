@@ -33,7 +33,8 @@ use tokio::time::Instant;
 
 use super::framing::FramingScanner;
 use super::handler::{ConnInfo, handle};
-use crate::body::{BoxError, ResponseBody};
+use super::http1;
+use crate::body::{BoxError, ClientBody, ResponseBody};
 use crate::snapshot::{Runtime, RuntimeHandle};
 use crate::telemetry::Exchange;
 
@@ -164,10 +165,21 @@ async fn accept_loop(
             peer,
             l.index,
             ctx.clone(),
-            graceful.watcher(),
+            Drain {
+                watcher: graceful.watcher(),
+                stop: stop.clone(),
+            },
             connections.clone(),
         ));
     }
+}
+
+/// How a connection learns of shutdown: hyper's connections through the
+/// watcher, the HTTP/1.1 loop through `stop`. Holding the watcher keeps the
+/// drain waiting for the connection.
+struct Drain {
+    watcher: hyper_util::server::graceful::Watcher,
+    stop: watch::Receiver<bool>,
 }
 
 async fn serve_connection(
@@ -175,7 +187,7 @@ async fn serve_connection(
     peer: SocketAddr,
     listener: usize,
     ctx: Arc<ServerCtx>,
-    watcher: hyper_util::server::graceful::Watcher,
+    drain: Drain,
     gauge: prometheus_client::metrics::gauge::Gauge,
 ) {
     struct Active<'a>(&'a AtomicUsize, prometheus_client::metrics::gauge::Gauge);
@@ -189,18 +201,17 @@ async fn serve_connection(
 
     // The limits and certificates in force when the connection opens apply
     // to all of it.
-    let (header_timeout, idle_timeout, builder, tls) = {
+    let (limits, tls) = {
         let rt = ctx.runtime.load();
         (
-            rt.settings.limits.header_read_timeout.0,
-            rt.settings.limits.idle_timeout.0,
-            connection_builder(&rt.settings.limits),
+            ConnLimits::new(&rt.settings),
             rt.settings.listener_tls.get(listener).cloned().flatten(),
         )
     };
+    let header_timeout = limits.header_timeout;
     let Some(tls) = tls else {
         let info = ConnInfo::new(peer, false, None);
-        return serve_stream(stream, info, &ctx, watcher, header_timeout, idle_timeout, builder).await;
+        return serve_stream(stream, info, &ctx, drain, limits).await;
     };
     // The handshake counts against the header timeout: a client that
     // stalls it holds the connection no longer than one that stalls its head.
@@ -223,83 +234,159 @@ async fn serve_connection(
         .and_then(|chain| chain.first())
         .and_then(crate::tls::ClientIdentity::from_der);
     let info = ConnInfo::new(peer, true, client);
-    serve_stream(stream, info, &ctx, watcher, header_timeout, idle_timeout, builder).await
+    serve_stream(stream, info, &ctx, drain, limits).await
 }
 
-/// Serves HTTP on an accepted (and, for TLS, handshaken) connection.
-async fn serve_stream<S>(
-    stream: S,
-    info: ConnInfo,
-    ctx: &Arc<ServerCtx>,
-    watcher: hyper_util::server::graceful::Watcher,
+/// The limits in force when a connection opens; they apply to all of it.
+struct ConnLimits {
     header_timeout: Duration,
     idle_timeout: Duration,
     builder: auto::Builder<TokioExecutor>,
-) where
+    http1: http1::Settings,
+}
+
+impl ConnLimits {
+    fn new(settings: &crate::snapshot::Settings) -> Self {
+        let limits = &settings.limits;
+        ConnLimits {
+            header_timeout: limits.header_read_timeout.0,
+            idle_timeout: limits.idle_timeout.0,
+            builder: connection_builder(limits),
+            http1: http1::Settings {
+                max_header_bytes: limits.max_request_header_bytes.0,
+                max_head_buffer: head_backstop(limits),
+                request_id_header: settings.request_id_header.clone(),
+            },
+        }
+    }
+}
+
+/// Requests a little over the header limit still parse, so the handler
+/// answers them with a problem+json 431; far beyond it (this backstop) the
+/// protocol layer refuses them by itself. Bounded by the 1 MiB maximum of
+/// `max_request_header_bytes`.
+fn head_backstop(limits: &crate::config::LimitsConfig) -> usize {
+    (limits.max_request_header_bytes.0 as usize * 2 + 16 * 1024).max(8192)
+}
+
+/// Answers one request, on either protocol path.
+async fn respond(
+    runtime: &RuntimeHandle,
+    info: &ConnInfo,
+    tracker: &Arc<Tracker>,
+    req: hyper::Request<ClientBody>,
+) -> hyper::Response<TrackedBody> {
+    let guard = RequestGuard::start(tracker.clone());
+    // Each request reads the runtime once: a reload never changes it mid-request.
+    let rt = runtime.load_full();
+    let mut ex = Exchange::start(&rt, req.method(), info.peer.ip());
+    let resp = handle(&rt, info, req, &mut ex).await;
+    resp.map(|body| TrackedBody {
+        inner: body,
+        _guard: guard,
+        recorder: Recorder {
+            exchange: Some((rt, ex)),
+            bytes_out: 0,
+        },
+    })
+}
+
+/// Serves HTTP on an accepted (and, for TLS, handshaken) connection:
+/// HTTP/1.1 in the gateway's own loop, which hands the connection to
+/// hyper for HTTP/2 and upgrades.
+async fn serve_stream<S>(stream: S, info: ConnInfo, ctx: &Arc<ServerCtx>, drain: Drain, limits: ConnLimits)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
     let tracker = Arc::new(Tracker::new());
-    let io = TokioIo::new(WatchedStream {
+    let io = WatchedStream {
         inner: stream,
         tracker: tracker.clone(),
-        framing: FramingScanner::default(),
-    });
+        framing: None,
+        prefix: Bytes::new(),
+    };
     let info = Arc::new(info);
     let runtime = ctx.runtime.clone();
-    let svc_tracker = tracker.clone();
-    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        let n = svc_tracker.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        if svc_tracker.conflict_at.load(Ordering::Relaxed) == n {
-            req.extensions_mut().insert(ConflictingFraming);
-        }
-        let guard = RequestGuard::start(svc_tracker.clone());
-        let runtime = runtime.clone();
-        let info = info.clone();
-        async move {
-            // Each request reads the runtime once: a reload never changes it mid-request.
-            let rt = runtime.load_full();
-            let mut ex = Exchange::start(&rt, req.method(), info.peer.ip());
-            let resp = handle(&rt, &info, req, &mut ex).await;
-            Ok::<_, Infallible>(resp.map(|body| TrackedBody {
-                inner: body,
-                _guard: guard,
-                recorder: Recorder {
-                    exchange: Some((rt, ex)),
-                    bytes_out: 0,
-                },
-            }))
-        }
-    });
+    let conn_tracker = tracker.clone();
+    let Drain { watcher, mut stop } = drain;
+    let ConnLimits {
+        header_timeout,
+        idle_timeout,
+        builder,
+        http1: settings,
+    } = limits;
     // The connection runs in its own task so that its every wake-up polls
-    // hyper alone; this task only waits for the watchdog or the end.
+    // the connection alone; this task only waits for the watchdog, the
+    // shutdown signal or the end.
     let done = Arc::new(tokio::sync::Notify::new());
     let done_tx = done.clone();
     let conn_task = tokio::spawn(async move {
-        // With upgrades: a WebSocket's 101 hands the connection to its tunnel.
-        let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service));
-        if let Err(e) = conn.await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let tracker = conn_tracker;
+        let closing = || tracker.closing.load(Ordering::SeqCst);
+        let outcome = http1::serve(io, &settings, &closing, |req| {
+            respond(&runtime, &info, &tracker, req)
+        })
+        .await;
+        if let http1::Outcome::Handoff(mut io, buffered) = outcome {
+            // hyper sees the connection from the bytes not yet consumed;
+            // requests are numbered from there for the framing scanner.
+            io.prefix = buffered;
+            io.framing = Some(FramingScanner::default());
+            tracker.requests.store(0, Ordering::Relaxed);
+            tracker.conflict_at.store(0, Ordering::Relaxed);
+            let svc_tracker = tracker.clone();
+            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let n = svc_tracker.requests.fetch_add(1, Ordering::Relaxed) + 1;
+                if svc_tracker.conflict_at.load(Ordering::Relaxed) == n {
+                    req.extensions_mut().insert(ConflictingFraming);
+                }
+                let (runtime, info, tracker) = (runtime.clone(), info.clone(), svc_tracker.clone());
+                async move {
+                    let req = req.map(ClientBody::Hyper);
+                    Ok::<_, Infallible>(respond(&runtime, &info, &tracker, req).await)
+                }
+            });
+            // With upgrades: a WebSocket's 101 hands the connection to its tunnel.
+            let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
         }
         done_tx.notify_one();
     });
-    tokio::select! {
-        _ = done.notified() => {}
-        reason = watchdog(&tracker, header_timeout, idle_timeout) => {
-            tracing::debug!(%peer, reason, "closing connection");
-            if reason == HEADER_TIMEOUT && !tracker.http2.load(Ordering::Relaxed) {
-                // Answer 408 (SPEC section 5) through the stream, then let hyper close.
-                let header = ctx.runtime.load().settings.request_id_header.clone();
-                *lock(&tracker.timeout_answer) = Some(request_timeout_answer(&header));
-                tracker.answer_pending.store(true, Ordering::Release);
-                if let Some(w) = lock(&tracker.reader).take() {
-                    w.wake();
-                }
-                if tokio::time::timeout(Duration::from_secs(1), done.notified()).await.is_ok() {
-                    return;
+    let finished = done.notified();
+    let watch = watchdog(&tracker, header_timeout, idle_timeout);
+    tokio::pin!(finished, watch);
+    loop {
+        tokio::select! {
+            _ = &mut finished => return,
+            changed = stop.changed(), if !tracker.closing.load(Ordering::SeqCst) => {
+                if changed.is_err() || *stop.borrow() {
+                    // An idle HTTP/1.1 connection closes now, a busy one after its answer.
+                    tracker.closing.store(true, Ordering::SeqCst);
+                    if let Some(w) = lock(&tracker.reader).take() {
+                        w.wake();
+                    }
                 }
             }
-            conn_task.abort();
+            reason = &mut watch => {
+                tracing::debug!(%peer, reason, "closing connection");
+                if reason == HEADER_TIMEOUT && !tracker.http2.load(Ordering::Relaxed) {
+                    // Answer 408 (SPEC section 5) through the stream, then let the connection close.
+                    let header = ctx.runtime.load().settings.request_id_header.clone();
+                    *lock(&tracker.timeout_answer) = Some(request_timeout_answer(&header));
+                    tracker.answer_pending.store(true, Ordering::Release);
+                    if let Some(w) = lock(&tracker.reader).take() {
+                        w.wake();
+                    }
+                    if tokio::time::timeout(Duration::from_secs(1), &mut finished).await.is_ok() {
+                        return;
+                    }
+                }
+                conn_task.abort();
+                return;
+            }
         }
     }
 }
@@ -350,6 +437,8 @@ struct Tracker {
     /// HTTP/2: frames between streams (PING, SETTINGS) are not request heads,
     /// so only the idle timeout applies between requests.
     http2: AtomicBool,
+    /// The gateway is shutting down: no request after the one under way.
+    closing: AtomicBool,
     /// Set by the watchdog when a request head took too long: the 408 the
     /// stream writes before it reports end of stream to hyper.
     timeout_answer: std::sync::Mutex<Option<Vec<u8>>>,
@@ -371,6 +460,7 @@ impl Tracker {
             requests: AtomicU64::new(0),
             conflict_at: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             timeout_answer: std::sync::Mutex::new(None),
             answer_pending: AtomicBool::new(false),
             reader: std::sync::Mutex::new(None),
@@ -497,10 +587,15 @@ pub struct ConflictingFraming;
 
 /// A client stream (TCP, or TLS over it) that reports reads of the HTTP
 /// bytes to its connection's [`Tracker`].
+///
+/// Once a connection is handed to hyper, the stream first gives back the
+/// bytes the HTTP/1.1 loop had read (`prefix`), and the framing scanner
+/// follows what hyper reads.
 struct WatchedStream<S> {
     inner: S,
     tracker: Arc<Tracker>,
-    framing: FramingScanner,
+    framing: Option<FramingScanner>,
+    prefix: Bytes,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WatchedStream<S> {
@@ -521,20 +616,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WatchedStream<S> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let r = if this.prefix.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         match r {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                let was_http2 = this.framing.is_http2();
-                if let Some(n) = this.framing.feed(&buf.filled()[before..]) {
-                    let _ =
-                        this.tracker
-                            .conflict_at
-                            .compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed);
-                }
-                if this.framing.is_http2() && !was_http2 {
-                    this.tracker.http2.store(true, Ordering::Relaxed);
-                    // The preface counts as the start of the first request.
-                    this.tracker.head_started.store(0, Ordering::Relaxed);
+                if let Some(framing) = &mut this.framing {
+                    let was_http2 = framing.is_http2();
+                    if let Some(n) = framing.feed(&buf.filled()[before..]) {
+                        let _ = this.tracker.conflict_at.compare_exchange(
+                            0,
+                            n,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    if framing.is_http2() && !was_http2 {
+                        this.tracker.http2.store(true, Ordering::Relaxed);
+                        // The preface counts as the start of the first request.
+                        this.tracker.head_started.store(0, Ordering::Relaxed);
+                    }
                 }
                 this.tracker.on_read();
             }
@@ -542,6 +647,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WatchedStream<S> {
                 let mut reader = lock(&this.tracker.reader);
                 if !reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *reader = Some(cx.waker().clone());
+                }
+                drop(reader);
+                if this.tracker.closing.load(Ordering::SeqCst) {
+                    // Shutdown began while this read was being set up.
+                    cx.waker().wake_by_ref();
                 }
             }
             _ => {}
@@ -577,11 +687,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedStream<S> {
 }
 
 fn connection_builder(limits: &crate::config::LimitsConfig) -> auto::Builder<TokioExecutor> {
-    // Requests a little over the header limit still parse, so the handler
-    // answers them with a problem+json 431; far beyond it (this backstop)
-    // the protocol layer refuses them by itself. Bounded by the 1 MiB
-    // maximum of `max_request_header_bytes`.
-    let backstop = (limits.max_request_header_bytes.0 as usize * 2 + 16 * 1024).max(8192);
+    let backstop = head_backstop(limits);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
