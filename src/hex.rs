@@ -17,13 +17,19 @@ pub fn decode<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
 
 /// Lowercase hex of `bytes`.
 pub fn encode(bytes: &[u8]) -> String {
+    let mut out = vec![0; bytes.len() * 2];
+    encode_into(&mut out, bytes);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Lowercase hex of `bytes` into `out`, two digits a byte (as many bytes
+/// as `out` has room for).
+pub fn encode_into(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-    out
 }
 
 #[cfg(test)]

@@ -50,6 +50,67 @@ pub fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
     Poll::Ready(Ok(n))
 }
 
+/// Where a field's name and value sit in a head: byte offsets.
+#[derive(Clone, Copy, Default)]
+pub struct Span {
+    pub name: (u32, u32),
+    pub value: (u32, u32),
+}
+
+/// The spans of a head's fields, noted while httparse's borrow of the
+/// buffer lasts, so that the values can share the bytes once the head is
+/// split off. Most heads fit inline; longer ones spill to the heap.
+pub struct FieldSpans {
+    inline: [Span; 24],
+    spill: Vec<Span>,
+    len: usize,
+}
+
+impl FieldSpans {
+    pub fn new() -> Self {
+        FieldSpans {
+            inline: [Span::default(); 24],
+            spill: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Notes `fields`, parsed from the buffer that starts at `base`.
+    pub fn record(&mut self, base: *const u8, fields: &[httparse::Header<'_>]) {
+        let base = base as usize;
+        let span = |field: &httparse::Header<'_>| {
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            Span {
+                name: (name as u32, (name + field.name.len()) as u32),
+                value: (value as u32, (value + field.value.len()) as u32),
+            }
+        };
+        self.len = fields.len();
+        if fields.len() <= self.inline.len() {
+            for (slot, field) in self.inline.iter_mut().zip(fields) {
+                *slot = span(field);
+            }
+        } else {
+            self.spill = fields.iter().map(span).collect();
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Span] {
+        if self.len <= self.inline.len() {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+}
+
+impl Default for FieldSpans {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The fields of a head that frame its body and its connection, noted
 /// while the head is built (no lookups after).
 #[derive(Default)]
@@ -334,6 +395,36 @@ mod tests {
         assert_eq!(parse_chunk_size(b"-1\r"), None);
         assert_eq!(parse_chunk_size(b"1x\r"), None);
         assert_eq!(parse_chunk_size(b"1000000000000000\r"), None, "overflow");
+    }
+
+    #[test]
+    fn field_spans_point_at_each_name_and_value_however_many() {
+        for n in [0, 3, 24, 25, 90] {
+            let mut head = String::new();
+            for i in 0..n {
+                head.push_str(&format!("x-field-{i}: value {i}\r\n"));
+            }
+            head.push_str("\r\n");
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let httparse::Status::Complete((_, parsed)) =
+                httparse::parse_headers(head.as_bytes(), &mut fields).unwrap()
+            else {
+                panic!("complete")
+            };
+            let mut spans = FieldSpans::new();
+            spans.record(head.as_ptr(), parsed);
+            assert_eq!(spans.as_slice().len(), n);
+            for (i, span) in spans.as_slice().iter().enumerate() {
+                assert_eq!(
+                    &head[span.name.0 as usize..span.name.1 as usize],
+                    format!("x-field-{i}")
+                );
+                assert_eq!(
+                    &head[span.value.0 as usize..span.value.1 as usize],
+                    format!("value {i}")
+                );
+            }
+        }
     }
 
     #[test]

@@ -297,6 +297,8 @@ pub struct RouteTable {
     regex_set: RegexSet,
     regex_entries: Vec<u32>,
     regexes: Vec<Regex>,
+    /// Some route matches on hosts: only then is the request's host needed.
+    uses_hosts: bool,
 }
 
 /// Freed piece by piece (yielding, on a reload's background thread: see
@@ -341,6 +343,7 @@ impl RouteTable {
             regex_set: RegexSet::empty(),
             regex_entries: Vec::new(),
             regexes: Vec::new(),
+            uses_hosts: routes.iter().any(|(_, _, cond)| !cond.hosts.is_empty()),
         };
         let mut regex_sources = Vec::new();
         for (route, patterns, cond) in routes {
@@ -480,6 +483,12 @@ impl RouteTable {
             Err(e) => errors.push((0, format!("regex paths: {e}"))),
         }
         if errors.is_empty() { Ok(table) } else { Err(errors) }
+    }
+
+    /// Whether some route matches on hosts (else [`RouteRequest::host`]
+    /// is never looked at).
+    pub fn uses_hosts(&self) -> bool {
+        self.uses_hosts
     }
 
     pub fn lookup(&self, req: &RouteRequest<'_>) -> Lookup {

@@ -188,17 +188,10 @@ fn write_ipv4(buf: &mut [u8; 15], ip: std::net::Ipv4Addr) -> usize {
     n
 }
 
-fn hex_into(out: &mut [u8], mut v: u128) {
-    for b in out.iter_mut().rev() {
-        *b = b"0123456789abcdef"[(v & 15) as usize];
-        v >>= 4;
-    }
-}
-
 /// A new random request id: 32 hex digits.
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
-    hex_into(&mut buf, fastrand::u128(..));
+    crate::hex::encode_into(&mut buf, &fastrand::u128(..).to_be_bytes());
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
@@ -224,9 +217,9 @@ pub fn next_traceparent(incoming: Option<&HeaderValue>, new_sampled: bool) -> He
             buf[3..35].copy_from_slice(&b[3..35]);
             buf[53..55].copy_from_slice(&b[53..55]);
         }
-        None => hex_into(&mut buf[3..35], fastrand::u128(1..)),
+        None => crate::hex::encode_into(&mut buf[3..35], &fastrand::u128(1..).to_be_bytes()),
     }
-    hex_into(&mut buf[36..52], u128::from(fastrand::u64(1..)));
+    crate::hex::encode_into(&mut buf[36..52], &fastrand::u64(1..).to_be_bytes());
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 

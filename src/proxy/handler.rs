@@ -143,7 +143,11 @@ async fn process(
         _ => None,
     };
     let lookup = rt.table.lookup(&RouteRequest {
-        host: host.as_ref().map(|h| route_host(h.as_str())).as_deref(),
+        host: host
+            .as_ref()
+            .filter(|_| rt.table.uses_hosts())
+            .map(|h| route_host(h.as_str()))
+            .as_deref(),
         method: &parts.method,
         path: normalized.as_deref().unwrap_or(raw_path),
         headers: &parts.headers,

@@ -36,8 +36,8 @@ use super::server::ConflictingFraming;
 use crate::body::{BoxError, ClientBody};
 use crate::error::GatewayError;
 use crate::http1::{
-    BodyFraming, Chunked, Decoded, Framing, FramingError, MAX_HEADERS, READ_CHUNK, poll_fill, put_chunk_size,
-    put_field,
+    BodyFraming, Chunked, Decoded, FieldSpans, Framing, FramingError, MAX_HEADERS, READ_CHUNK, poll_fill,
+    put_chunk_size, put_field,
 };
 
 /// A client stream (TCP, or TLS over it).
@@ -302,8 +302,8 @@ fn bad(detail: &'static str) -> GatewayError {
 fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Parsed, GatewayError> {
     // Offsets of the target and of each field's name and value, so that
     // they can share the received bytes instead of being copied.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, method, target, version, count) = {
+    let mut spans = FieldSpans::new();
+    let (len, method, target, version) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut []);
         let len = match parsed.parse_with_uninit_headers(read, &mut fields) {
@@ -322,28 +322,21 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Parsed, Gatewa
         }
         let method =
             Method::from_bytes(method.as_bytes()).map_err(|_| bad("the request method is invalid"))?;
-        let base = read.as_ptr() as usize;
-        for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-            if field.name.eq_ignore_ascii_case("upgrade") || field.name.eq_ignore_ascii_case("expect") {
-                return Ok(Parsed::Handoff);
-            }
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            *span = (
-                name as u32,
-                (name + field.name.len()) as u32,
-                value as u32,
-                (value + field.value.len()) as u32,
-            );
+        if parsed
+            .headers
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case("upgrade") || f.name.eq_ignore_ascii_case("expect"))
+        {
+            return Ok(Parsed::Handoff);
         }
+        spans.record(read.as_ptr(), parsed.headers);
         let path = parsed.path.unwrap_or_default();
-        let start = path.as_ptr() as usize - base;
+        let start = path.as_ptr() as usize - read.as_ptr() as usize;
         (
             len,
             method,
             (start, start + path.len()),
             parsed.version.unwrap_or(1),
-            parsed.headers.len(),
         )
     };
     let head = read.split_to(len).freeze();
@@ -351,12 +344,13 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Parsed, Gatewa
         .map_err(|_| bad("the request target is invalid"))?;
     // Room for the fields the gateway adds on the way up (forwarded,
     // request id, trace context), so adding them does not grow the map.
-    let mut headers = HeaderMap::with_capacity(count + 8);
+    let spans = spans.as_slice();
+    let mut headers = HeaderMap::with_capacity(spans.len() + 8);
     let mut framing = Framing::default();
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+    for span in spans {
+        let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
             .map_err(|_| bad("a header field name is invalid"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0 as usize..span.value.1 as usize))
             .map_err(|_| bad("a header field value is invalid"))?;
         framing.note(&name, &value).map_err(|e| {
             bad(match e {

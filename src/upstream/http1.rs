@@ -18,6 +18,7 @@
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -32,8 +33,8 @@ use tokio::time::Instant;
 use super::pool::{CallError, Idle, UpstreamIo};
 use crate::body::{BoxError, RequestBody};
 use crate::http1::{
-    BodyFraming, Chunked, Decoded, Framing, FramingError, MAX_HEADERS, READ_CHUNK, is_allowed_trailer,
-    poll_fill, put_chunk_size, put_field,
+    BodyFraming, Chunked, Decoded, FieldSpans, Framing, FramingError, MAX_HEADERS, READ_CHUNK,
+    is_allowed_trailer, poll_fill, put_chunk_size, put_field,
 };
 
 /// A response head larger than this is refused.
@@ -452,11 +453,15 @@ fn protocol(message: &'static str) -> CallError {
 fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallError> {
     // Offsets of each field's name and value in the head, so the values
     // can share the received bytes instead of being copied.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, status, version, count) = {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        let len = match parsed.parse(read) {
+    let mut spans = FieldSpans::new();
+    let (len, status, version) = {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            read,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -464,19 +469,8 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
             }
             Err(_) => return Err(protocol("the response head is malformed")),
         };
-        let base = read.as_ptr() as usize;
-        for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            *span = (
-                name as u32,
-                (name + field.name.len()) as u32,
-                value as u32,
-                (value + field.value.len()) as u32,
-            );
-        }
-        let code = parsed.code.unwrap_or(0);
-        (len, code, parsed.version.unwrap_or(1), parsed.headers.len())
+        spans.record(read.as_ptr(), parsed.headers);
+        (len, parsed.code.unwrap_or(0), parsed.version.unwrap_or(1))
     };
     let status = StatusCode::from_u16(status).map_err(|_| protocol("the response status is invalid"))?;
     if status.is_informational() {
@@ -490,13 +484,14 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
     let head = read.split_to(len).freeze();
     // Room for the fields the gateway adds on the way back (the request
     // id), so adding them does not grow and rehash the map.
-    let mut headers = HeaderMap::with_capacity(count + 2);
+    let spans = spans.as_slice();
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     // The fields that frame the body, noted on the way (no lookups after).
     let mut framing = Framing::default();
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+    for span in spans {
+        let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
             .map_err(|_| protocol("a response header name is invalid"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0 as usize..span.value.1 as usize))
             .map_err(|_| protocol("a response header value is invalid"))?;
         framing.note(&name, &value).map_err(|e| {
             protocol(match e {
