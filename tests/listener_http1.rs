@@ -265,3 +265,27 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
     let closed = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
 }
+
+#[tokio::test]
+async fn an_unread_body_already_received_does_not_cost_the_connection() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&config(
+        &upstream("a", &up),
+        "  - name: ping\n    match: {paths: [\"= /ping\"]}\n    respond: {body: pong}\n  - name: r\n    match: {paths: [\"/\"]}\n    upstream: a\n",
+        "",
+    ));
+    // The fixed answer never reads the upload; the next request follows on
+    // the same connection, read from after the skipped body.
+    let (resp, closed) = raw(
+        gw.addr(),
+        b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world\
+POST /ping HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(statuses(&resp), ["200", "200", "200"], "{resp}");
+    assert_eq!(resp.matches("pong").count(), 2, "{resp}");
+    assert!(closed);
+    assert_eq!(seen_uris(&up), ["/after"]);
+}

@@ -213,9 +213,22 @@ where
         let kept = write_response(&shared, &mut out, response, &answer, keep_alive).await;
         // Another request may follow only once this one's body is read to
         // its end and no handle to it is left (it would read the next one).
-        if !(kept && Arc::strong_count(&shared) == 1 && lock(&shared).body == BodyFraming::Done) {
+        if !(kept && Arc::strong_count(&shared) == 1 && skip_buffered_body(&mut lock(&shared))) {
             close(&shared).await;
             return Outcome::Closed;
+        }
+    }
+}
+
+/// Whether the request body is read to its end, after dropping what is
+/// left of it if all of that is already buffered (a body the answer did not
+/// need, such as a small upload to a fixed `respond:` route). No reads.
+fn skip_buffered_body<S: ?Sized>(s: &mut Shared<S>) -> bool {
+    loop {
+        match s.body.decode(&mut s.read) {
+            Ok(Decoded::Data(_) | Decoded::Trailers(_)) => {}
+            Ok(Decoded::End) => return true,
+            Ok(Decoded::More) | Err(_) => return false,
         }
     }
 }
