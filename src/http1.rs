@@ -6,6 +6,7 @@
 //! [`BodyFraming::decode`]: sized bodies, chunked bodies (extensions and
 //! trailers), and bodies that end with the connection.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -48,6 +49,42 @@ pub fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
         *want = (*want / 2).max(READ_CHUNK);
     }
     Poll::Ready(Ok(n))
+}
+
+thread_local! {
+    /// Emptied header maps kept for the next head this thread parses.
+    static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Header maps kept per thread, and the largest kept (in fields).
+const SPARE_MAPS_MAX: usize = 64;
+const SPARE_MAP_CAPACITY: usize = 32;
+
+/// A header map with room for `fields`: an emptied one this thread kept,
+/// when there is one, instead of two new allocations.
+pub fn header_map(fields: usize) -> HeaderMap {
+    match SPARE_MAPS.with(|spares| spares.borrow_mut().pop()) {
+        Some(mut map) => {
+            map.reserve(fields);
+            map
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// Keeps a map whose message is done for [`header_map`], emptied, unless
+/// it grew large or enough are kept.
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > SPARE_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    SPARE_MAPS.with(|spares| {
+        let mut spares = spares.borrow_mut();
+        if spares.len() < SPARE_MAPS_MAX {
+            spares.push(map);
+        }
+    });
 }
 
 /// Where a field's name and value sit in a head: byte offsets.

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TE, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -358,7 +358,7 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Parsed, Gatewa
     // Room for the fields the gateway adds on the way up (forwarded,
     // request id, trace context), so adding them does not grow the map.
     let spans = spans.as_slice();
-    let mut headers = HeaderMap::with_capacity(spans.len() + 8);
+    let mut headers = crate::http1::header_map(spans.len() + 8);
     let mut framing = Framing::default();
     for span in spans {
         let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
@@ -525,6 +525,7 @@ where
         put_field(out, name, value);
     }
     let status = parts.status;
+    crate::http1::recycle(parts.headers);
     let bodiless =
         status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if answer.to_head || bodiless {

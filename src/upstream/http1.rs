@@ -114,7 +114,7 @@ impl Conn {
         head_deadline: Instant,
         idle: &Arc<Idle>,
     ) -> Result<Response<Body>, Failed> {
-        let (parts, mut body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
         let framing = encode_head(&mut self.write, &parts, &body);
         let head_only = framing == RequestFraming::None;
         self.io.set_head_deadline(Some(head_deadline));
@@ -166,6 +166,7 @@ impl Conn {
             }
             Err(error) => return Err(Failed { error, unsent: None }),
         };
+        crate::http1::recycle(std::mem::take(&mut parts.headers));
         let Head {
             response,
             framing,
@@ -485,7 +486,7 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
     // Room for the fields the gateway adds on the way back (the request
     // id), so adding them does not grow and rehash the map.
     let spans = spans.as_slice();
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    let mut headers = crate::http1::header_map(spans.len() + 2);
     // The fields that frame the body, noted on the way (no lookups after).
     let mut framing = Framing::default();
     for span in spans {
