@@ -169,7 +169,7 @@ where
         body: BodyFraming::Done,
         io,
     }));
-    let mut out = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(OUT_START);
     let mut first = true;
     loop {
         let head = match read_head(&shared, settings, closing, &mut first).await {
@@ -216,6 +216,25 @@ where
         if !(kept && Arc::strong_count(&shared) == 1 && skip_buffered_body(&mut lock(&shared))) {
             close(&shared).await;
             return Outcome::Closed;
+        }
+        lock(&shared).trim();
+        if out.capacity() > 4 * OUT_START {
+            out = Vec::with_capacity(OUT_START);
+        }
+    }
+}
+
+/// The response buffer's first size (a head and a small body).
+const OUT_START: usize = 1024;
+
+impl<S: ?Sized> Shared<S> {
+    /// Between requests: a read buffer grown for a large body goes back to
+    /// its first size, so a connection waiting for its next request holds
+    /// ~8 KiB, not up to the 256 KiB of the largest reads.
+    fn trim(&mut self) {
+        self.want = READ_CHUNK;
+        if self.read.is_empty() && self.read.capacity() > 2 * READ_CHUNK {
+            self.read = BytesMut::with_capacity(READ_CHUNK);
         }
     }
 }
@@ -713,4 +732,28 @@ fn put_date(out: &mut Vec<u8>) {
         out.extend_from_slice(&cached.1);
         out.extend_from_slice(b"\r\n");
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_between_requests_gives_back_the_room_of_a_large_body() {
+        let mut s = Shared {
+            read: BytesMut::with_capacity(READ_CHUNK),
+            want: 256 * 1024,
+            body: BodyFraming::Done,
+            io: (),
+        };
+        s.read.reserve(256 * 1024);
+        s.trim();
+        assert_eq!(s.want, READ_CHUNK);
+        assert!(s.read.capacity() <= 2 * READ_CHUNK, "{}", s.read.capacity());
+        // Bytes of a pipelined request are kept, whatever the room.
+        s.read.reserve(256 * 1024);
+        s.read.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        s.trim();
+        assert_eq!(&s.read[..], b"GET / HTTP/1.1\r\n");
+    }
 }
