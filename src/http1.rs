@@ -148,6 +148,40 @@ impl Default for FieldSpans {
     }
 }
 
+/// The version of a head, from httparse's minor version.
+pub fn version(minor: u8) -> http::Version {
+    if minor == 1 {
+        http::Version::HTTP_11
+    } else {
+        http::Version::HTTP_10
+    }
+}
+
+/// Why a head's fields were refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FieldError {
+    Name,
+    Value,
+    Framing(FramingError),
+}
+
+/// The header map of a head split off as `head`, whose fields are at
+/// `spans`, with room for `extra` more; and the fields that frame its body,
+/// noted on the way (no lookups after).
+pub fn fields(head: &Bytes, spans: &[Span], extra: usize) -> Result<(HeaderMap, Framing), FieldError> {
+    let mut headers = header_map(spans.len() + extra);
+    let mut framing = Framing::default();
+    for span in spans {
+        let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
+            .map_err(|_| FieldError::Name)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0 as usize..span.value.1 as usize))
+            .map_err(|_| FieldError::Value)?;
+        framing.note(&name, &value).map_err(FieldError::Framing)?;
+        headers.append(name, value);
+    }
+    Ok((headers, framing))
+}
+
 /// The fields of a head that frame its body and its connection, noted
 /// while the head is built (no lookups after).
 #[derive(Default)]
@@ -260,14 +294,13 @@ impl BodyFraming {
                 BodyFraming::Done => return Ok(Decoded::End),
                 BodyFraming::Length(_) | BodyFraming::Close if read.is_empty() => return Ok(Decoded::More),
                 BodyFraming::Length(left) => {
-                    let take = (read.len() as u64).min(left) as usize;
-                    let left = left - take as u64;
+                    let (data, left) = take_up_to(read, left);
                     *self = if left == 0 {
                         BodyFraming::Done
                     } else {
                         BodyFraming::Length(left)
                     };
-                    return Ok(Decoded::Data(read.split_to(take).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 BodyFraming::Close => return Ok(Decoded::Data(read.split().freeze())),
                 BodyFraming::Chunked(state) => {
@@ -289,14 +322,13 @@ impl BodyFraming {
                         },
                         Chunked::Data(_) if read.is_empty() => return Ok(Decoded::More),
                         Chunked::Data(left) => {
-                            let take = (read.len() as u64).min(left) as usize;
-                            let left = left - take as u64;
+                            let (data, left) = take_up_to(read, left);
                             *self = BodyFraming::Chunked(if left == 0 {
                                 Chunked::DataEnd
                             } else {
                                 Chunked::Data(left)
                             });
-                            return Ok(Decoded::Data(read.split_to(take).freeze()));
+                            return Ok(Decoded::Data(data));
                         }
                         Chunked::DataEnd if read.len() < 2 => return Ok(Decoded::More),
                         Chunked::DataEnd => {
@@ -329,6 +361,12 @@ impl BodyFraming {
             }
         }
     }
+}
+
+/// Up to `left` bytes off the front of `read`, and how many are left after them.
+fn take_up_to(read: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let take = (read.len() as u64).min(left) as usize;
+    (read.split_to(take).freeze(), left - take as u64)
 }
 
 /// A chunk-size line without its LF: hex digits, then optional

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TE, TRANSFER_ENCODING};
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -36,8 +36,8 @@ use super::server::ConflictingFraming;
 use crate::body::{BoxError, ClientBody};
 use crate::error::GatewayError;
 use crate::http1::{
-    BodyFraming, Chunked, Decoded, FieldSpans, Framing, FramingError, MAX_HEADERS, READ_CHUNK, poll_fill,
-    put_chunk_size, put_field,
+    BodyFraming, Chunked, Decoded, FieldError, FieldSpans, FramingError, MAX_HEADERS, READ_CHUNK, fields,
+    poll_fill, put_chunk_size, put_field,
 };
 
 /// A client stream (TCP, or TLS over it).
@@ -376,27 +376,17 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Parsed, Gatewa
         .map_err(|_| bad("the request target is invalid"))?;
     // Room for the fields the gateway adds on the way up (forwarded,
     // request id, trace context), so adding them does not grow the map.
-    let spans = spans.as_slice();
-    let mut headers = crate::http1::header_map(spans.len() + 8);
-    let mut framing = Framing::default();
-    for span in spans {
-        let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
-            .map_err(|_| bad("a header field name is invalid"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0 as usize..span.value.1 as usize))
-            .map_err(|_| bad("a header field value is invalid"))?;
-        framing.note(&name, &value).map_err(|e| {
-            bad(match e {
-                FramingError::InvalidLength => "the request's Content-Length is invalid",
-                FramingError::ConflictingLengths => "the request has conflicting Content-Length values",
-            })
-        })?;
-        headers.append(name, value);
-    }
-    let version = if version == 1 {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
+    let (headers, framing) = fields(&head, spans.as_slice(), 8).map_err(|e| {
+        bad(match e {
+            FieldError::Name => "a header field name is invalid",
+            FieldError::Value => "a header field value is invalid",
+            FieldError::Framing(FramingError::InvalidLength) => "the request's Content-Length is invalid",
+            FieldError::Framing(FramingError::ConflictingLengths) => {
+                "the request has conflicting Content-Length values"
+            }
+        })
+    })?;
+    let version = crate::http1::version(version);
     let conflict = framing.transfer_encoding.is_some() && framing.length.is_some();
     let body = match (framing.transfer_encoding, framing.length) {
         (Some(_), _) if version == Version::HTTP_10 => {

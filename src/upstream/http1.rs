@@ -25,7 +25,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
@@ -33,8 +33,8 @@ use tokio::time::Instant;
 use super::pool::{CallError, Idle, UpstreamIo};
 use crate::body::{BoxError, RequestBody};
 use crate::http1::{
-    BodyFraming, Chunked, Decoded, FieldSpans, Framing, FramingError, MAX_HEADERS, READ_CHUNK,
-    is_allowed_trailer, poll_fill, put_chunk_size, put_field,
+    BodyFraming, Chunked, Decoded, FieldError, FieldSpans, Framing, FramingError, MAX_HEADERS, READ_CHUNK,
+    fields, is_allowed_trailer, poll_fill, put_chunk_size, put_field,
 };
 
 /// A response head larger than this is refused.
@@ -485,28 +485,17 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
     let head = read.split_to(len).freeze();
     // Room for the fields the gateway adds on the way back (the request
     // id), so adding them does not grow and rehash the map.
-    let spans = spans.as_slice();
-    let mut headers = crate::http1::header_map(spans.len() + 2);
-    // The fields that frame the body, noted on the way (no lookups after).
-    let mut framing = Framing::default();
-    for span in spans {
-        let name = HeaderName::from_bytes(&head[span.name.0 as usize..span.name.1 as usize])
-            .map_err(|_| protocol("a response header name is invalid"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0 as usize..span.value.1 as usize))
-            .map_err(|_| protocol("a response header value is invalid"))?;
-        framing.note(&name, &value).map_err(|e| {
-            protocol(match e {
-                FramingError::InvalidLength => "the response Content-Length is invalid",
-                FramingError::ConflictingLengths => "the response has conflicting Content-Length values",
-            })
-        })?;
-        headers.append(name, value);
-    }
-    let version = if version == 1 {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
+    let (headers, framing) = fields(&head, spans.as_slice(), 2).map_err(|e| {
+        protocol(match e {
+            FieldError::Name => "a response header name is invalid",
+            FieldError::Value => "a response header value is invalid",
+            FieldError::Framing(FramingError::InvalidLength) => "the response Content-Length is invalid",
+            FieldError::Framing(FramingError::ConflictingLengths) => {
+                "the response has conflicting Content-Length values"
+            }
+        })
+    })?;
+    let version = crate::http1::version(version);
     let close = framing.close;
     let framing = response_framing(&framing, status, to_head)?;
     let keep_alive = version == Version::HTTP_11 && framing != BodyFraming::Close && !close;
@@ -625,6 +614,7 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn head(raw: &str, to_head: bool) -> Result<Option<Head>, CallError> {
         parse_head(&mut BytesMut::from(raw), to_head)
