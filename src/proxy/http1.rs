@@ -572,7 +572,8 @@ where
         drop(body);
         return write_all(shared, out).await.is_ok() && keep_alive;
     }
-    match write_body(shared, out, body, framing, answer.trailers).await {
+    // Pinned here, once: the body is not moved again on its way out.
+    match write_body(shared, out, pin!(body), framing, answer.trailers).await {
         Ok(()) => keep_alive && framing != OutFraming::Close,
         Err(()) => false,
     }
@@ -590,14 +591,13 @@ fn put_length(out: &mut Vec<u8>, n: u64) {
 async fn write_body<S: ClientIo, B>(
     shared: &Mutex<Shared<S>>,
     out: &mut Vec<u8>,
-    body: B,
+    mut body: Pin<&mut B>,
     framing: OutFraming,
     send_trailers: bool,
 ) -> Result<(), ()>
 where
     B: Body<Data = Bytes, Error = BoxError>,
 {
-    let mut body = pin!(body);
     let mut sent = 0u64;
     let mut trailers = None;
     loop {

@@ -207,7 +207,7 @@ impl Pool {
     /// the upstream, so the caller may send it elsewhere whatever its method.
     pub async fn send(
         &self,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
         head_deadline: Instant,
     ) -> Result<Response<Body>, SendError> {
         if self.cfg.http2 {
@@ -231,7 +231,6 @@ impl Pool {
         if req.extensions().get::<UpgradeRequest>().is_some() {
             return self.send_upgrade(req, head_deadline).await;
         }
-        let mut req = req;
         loop {
             let (conn, fresh) = match self.idle.take() {
                 Some(c) => (c, false),
