@@ -289,3 +289,27 @@ GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     assert!(closed);
     assert_eq!(seen_uris(&up), ["/after"]);
 }
+
+#[tokio::test]
+async fn a_large_last_frame_is_written_whole_and_the_connection_goes_on() {
+    // A fixed answer larger than what is copied next to the head: its one
+    // frame goes out from its own buffer, after the exchange is recorded.
+    let big = "x".repeat(100_000);
+    let gw = Gateway::start(&format!(
+        "version: 1\nserver:\n  listeners: [{{name: public, address: \"127.0.0.1:0\"}}]\nroutes:\n  - name: big\n    match: {{paths: [\"= /big\"]}}\n    respond: {{body: \"{big}\"}}\n"
+    ));
+    let (resp, closed) = raw(
+        gw.addr(),
+        b"GET /big HTTP/1.1\r\nHost: x\r\n\r\nGET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(statuses(&resp), ["200", "200"]);
+    assert!(closed);
+    let first = first_head(&resp);
+    assert!(first.contains("content-length: 100000"), "{first}");
+    let body = &resp[first.len() + 4..first.len() + 4 + 100_000];
+    assert_eq!(body, big);
+    assert!(resp[first.len() + 4 + 100_000..].starts_with("HTTP/1.1 200"));
+    assert!(resp.ends_with(&big), "the second answer ends with the whole body");
+}

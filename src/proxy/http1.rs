@@ -572,8 +572,7 @@ where
         drop(body);
         return write_all(shared, out).await.is_ok() && keep_alive;
     }
-    // Pinned here, once: the body is not moved again on its way out.
-    match write_body(shared, out, pin!(body), framing, answer.trailers).await {
+    match write_body(shared, out, body, framing, answer.trailers).await {
         Ok(()) => keep_alive && framing != OutFraming::Close,
         Err(()) => false,
     }
@@ -588,10 +587,15 @@ fn put_length(out: &mut Vec<u8>, n: u64) {
 /// Streams the body after the head in `out`. Frames that are ready at
 /// once are gathered into one write; when the body has nothing yet, what
 /// is gathered goes out first.
+///
+/// The body is dropped (which records the exchange: metrics, access log)
+/// before its last bytes are written, so a client that has its answer
+/// finds it counted. A large last frame is written from its own buffer
+/// then, not copied.
 async fn write_body<S: ClientIo, B>(
     shared: &Mutex<Shared<S>>,
     out: &mut Vec<u8>,
-    mut body: Pin<&mut B>,
+    body: B,
     framing: OutFraming,
     send_trailers: bool,
 ) -> Result<(), ()>
@@ -600,60 +604,72 @@ where
 {
     let mut sent = 0u64;
     let mut trailers = None;
-    loop {
-        let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                flush(shared, out).await?;
-                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+    // A last frame too large to copy, written after the body is dropped.
+    let mut tail = None;
+    {
+        let mut body = pin!(body);
+        loop {
+            let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    flush(shared, out).await?;
+                    poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(e)) => {
+                    // The client can only learn of it by the connection ending early.
+                    tracing::debug!(error = %e, "response body failed mid-stream");
+                    let _ = flush(shared, out).await;
+                    return Err(());
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        break;
+                    }
+                },
+            };
+            if data.is_empty() {
+                continue;
             }
-        };
-        let data = match frame {
-            None => break,
-            Some(Err(e)) => {
-                // The client can only learn of it by the connection ending early.
-                tracing::debug!(error = %e, "response body failed mid-stream");
+            sent += data.len() as u64;
+            if let OutFraming::Length(n) = framing
+                && sent > n
+            {
+                tracing::debug!("response body longer than its Content-Length");
                 let _ = flush(shared, out).await;
                 return Err(());
             }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(frame) => {
-                    trailers = frame.into_trailers().ok();
-                    break;
-                }
-            },
-        };
-        if data.is_empty() {
-            continue;
-        }
-        sent += data.len() as u64;
-        if let OutFraming::Length(n) = framing
-            && sent > n
-        {
-            tracing::debug!("response body longer than its Content-Length");
-            let _ = flush(shared, out).await;
-            return Err(());
-        }
-        if framing == OutFraming::Chunked {
-            put_chunk_size(out, data.len());
-        }
-        if data.len() <= COPY_MAX {
-            out.extend_from_slice(&data);
-        } else {
-            flush(shared, out).await?;
-            write_all(shared, &data).await.map_err(|_| ())?;
-        }
-        if framing == OutFraming::Chunked {
-            out.extend_from_slice(b"\r\n");
-        }
-        if body.is_end_stream() {
-            break;
-        }
-        if out.len() >= FLUSH_AT {
-            flush(shared, out).await?;
+            if framing == OutFraming::Chunked {
+                put_chunk_size(out, data.len());
+            }
+            let last = body.is_end_stream();
+            if data.len() <= COPY_MAX {
+                out.extend_from_slice(&data);
+            } else if last {
+                tail = Some(data);
+                break;
+            } else {
+                flush(shared, out).await?;
+                write_all(shared, &data).await.map_err(|_| ())?;
+            }
+            if framing == OutFraming::Chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+            if last {
+                break;
+            }
+            if out.len() >= FLUSH_AT {
+                flush(shared, out).await?;
+            }
         }
     }
+    // What follows the tail, if there is one; else it joins `out`.
+    let mut after = Vec::new();
+    let end = if tail.is_some() { &mut after } else { &mut *out };
     match framing {
         OutFraming::Length(n) if sent != n => {
             tracing::debug!("response body shorter than its Content-Length");
@@ -661,19 +677,27 @@ where
             return Err(());
         }
         OutFraming::Chunked => {
-            out.extend_from_slice(b"0\r\n");
+            if tail.is_some() {
+                end.extend_from_slice(b"\r\n");
+            }
+            end.extend_from_slice(b"0\r\n");
             if send_trailers {
                 for (name, value) in trailers.iter().flatten() {
                     if crate::http1::is_allowed_trailer(name) {
-                        put_field(out, name, value);
+                        put_field(end, name, value);
                     }
                 }
             }
-            out.extend_from_slice(b"\r\n");
+            end.extend_from_slice(b"\r\n");
         }
         _ => {}
     }
-    flush(shared, out).await
+    flush(shared, out).await?;
+    if let Some(tail) = tail {
+        write_all(shared, &tail).await.map_err(|_| ())?;
+        flush(shared, &mut after).await?;
+    }
+    Ok(())
 }
 
 async fn flush<S: ClientIo>(shared: &Mutex<Shared<S>>, out: &mut Vec<u8>) -> Result<(), ()> {
