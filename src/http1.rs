@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::AsyncRead;
 use tokio_util::io::poll_read_buf;
@@ -194,6 +194,8 @@ pub struct Framing {
     pub close: bool,
     /// `Connection: keep-alive` (what an HTTP/1.0 peer must say to keep it).
     pub keep_alive: bool,
+    /// `TE: trailers`: the peer takes a trailer section.
+    pub te_trailers: bool,
 }
 
 /// Why a head's framing fields cannot be trusted.
@@ -222,6 +224,12 @@ impl Framing {
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
+        } else if name == TE {
+            // `trailers`, possibly among codings with parameters.
+            self.te_trailers |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| trim(t).eq_ignore_ascii_case(b"trailers"));
         }
         Ok(())
     }
@@ -500,6 +508,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn te_trailers_is_a_token_not_a_substring() {
+        let noted = |v: &'static str| {
+            let mut f = Framing::default();
+            f.note(&TE, &HeaderValue::from_static(v)).unwrap();
+            f.te_trailers
+        };
+        assert!(noted("trailers"));
+        assert!(noted("gzip, Trailers"));
+        assert!(!noted("gzip"));
+        assert!(!noted("x-trailers-ish"));
     }
 
     #[test]

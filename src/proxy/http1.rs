@@ -27,7 +27,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderName, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -74,7 +74,8 @@ struct Shared<S: ?Sized> {
 
 type Link = Arc<Mutex<Shared<dyn ClientIo>>>;
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A lock that a panic elsewhere does not poison for good.
+pub(super) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -186,6 +187,7 @@ where
             framing,
             keep_alive,
             conflict,
+            te_trailers,
         } = head;
         if conflict {
             request.extensions_mut().insert(ConflictingFraming);
@@ -202,22 +204,23 @@ where
         let answer = Answer {
             to_head: request.method() == Method::HEAD,
             version: request.version(),
-            trailers: request.headers().get(TE).is_some_and(|te| {
-                te.as_bytes()
-                    .windows(8)
-                    .any(|w| w.eq_ignore_ascii_case(b"trailers"))
-            }),
+            trailers: te_trailers,
         };
         let response = respond(request.map(|()| ClientBody::Http1(body))).await;
         let keep_alive = keep_alive && !closing();
         let kept = write_response(&shared, &mut out, response, &answer, keep_alive).await;
         // Another request may follow only once this one's body is read to
         // its end and no handle to it is left (it would read the next one).
-        if !(kept && Arc::strong_count(&shared) == 1 && skip_buffered_body(&mut lock(&shared))) {
+        let reusable = kept && Arc::strong_count(&shared) == 1 && {
+            let mut s = lock(&shared);
+            let done = skip_buffered_body(&mut s);
+            s.trim();
+            done
+        };
+        if !reusable {
             close(&shared).await;
             return Outcome::Closed;
         }
-        lock(&shared).trim();
         if out.capacity() > 4 * OUT_START {
             out = Vec::with_capacity(OUT_START);
         }
@@ -268,6 +271,8 @@ struct Head {
     keep_alive: bool,
     /// Both `Content-Length` and `Transfer-Encoding` came.
     conflict: bool,
+    /// The client takes trailers (`TE: trailers`).
+    te_trailers: bool,
 }
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -414,6 +419,7 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Parsed, Gatewa
         framing: body,
         keep_alive,
         conflict,
+        te_trailers: framing.te_trailers,
     }))
 }
 

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::framing::FramingScanner;
 use super::handler::{ConnInfo, handle};
-use super::http1;
+use super::http1::{self, lock};
 use crate::body::{BoxError, ClientBody, ResponseBody};
 use crate::snapshot::{Runtime, RuntimeHandle};
 use crate::telemetry::Exchange;
@@ -392,10 +392,6 @@ where
 }
 
 const HEADER_TIMEOUT: &str = "request header read timeout";
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The raw HTTP/1.1 408 problem+json answer for a head that never finished.
 fn request_timeout_answer(request_id_header: &http::HeaderName) -> Vec<u8> {
