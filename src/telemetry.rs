@@ -85,7 +85,8 @@ impl Exchange {
                 consumer: None,
             })
         });
-        Exchange::new(Instant::now(), method.clone(), peer, None, log)
+        // When its bytes were read (this poll of the connection).
+        Exchange::new(crate::clock::recent(), method.clone(), peer, None, log)
     }
 
     /// The record of one of this request's own upstream calls (an
@@ -125,7 +126,7 @@ impl Exchange {
     /// The response is done (or abandoned) after `bytes_out` body bytes;
     /// `rt` is the runtime the request ran on.
     pub fn finish(self, rt: &Runtime, bytes_out: u64) {
-        let elapsed = self.start.elapsed();
+        let elapsed = crate::clock::now().saturating_duration_since(self.start);
         let m = metrics();
         let route = self.route.map(|i| &rt.routes[i]);
         let method_index = metrics::method_index(&self.method);

@@ -24,7 +24,7 @@ use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -732,20 +732,25 @@ async fn write_all<S: ClientIo>(shared: &Mutex<Shared<S>>, buf: &[u8]) -> io::Re
     .await
 }
 
-/// Appends a `date` field (RFC 9110 §6.6.1), formatted once a second.
+/// Appends a `date` field (RFC 9110 §6.6.1), formatted once a second. The
+/// wall clock is read only when the second may have changed; the recent
+/// monotonic reading tells (see `clock`).
 fn put_date(out: &mut Vec<u8>) {
     thread_local! {
-        static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
+        /// The field's text, and the instant by which its second has ended.
+        static DATE: RefCell<(Option<Instant>, [u8; 29])> = const { RefCell::new((None, [0; 29])) };
     }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = crate::clock::recent();
     DATE.with(|cell| {
         let mut cached = cell.borrow_mut();
-        if cached.0 != secs {
-            let text = httpdate::fmt_http_date(now);
+        if cached.0.is_none_or(|until| now >= until) {
+            let wall = SystemTime::now();
+            let text = httpdate::fmt_http_date(wall);
             if text.len() == 29 {
+                // `now` is no later than `wall`: the text is renewed early, never late.
+                let into_second = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
                 cached.1.copy_from_slice(text.as_bytes());
-                cached.0 = secs;
+                cached.0 = Some(now + Duration::from_nanos(u64::from(1_000_000_000 - into_second)));
             }
         }
         out.extend_from_slice(b"date: ");
@@ -757,6 +762,35 @@ fn put_date(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The wall-clock second `put_date` wrote.
+    fn date_written() -> SystemTime {
+        let mut out = Vec::new();
+        put_date(&mut out);
+        let text = std::str::from_utf8(&out).unwrap();
+        let value = text
+            .strip_prefix("date: ")
+            .and_then(|t| t.strip_suffix("\r\n"))
+            .unwrap();
+        httpdate::parse_http_date(value).unwrap()
+    }
+
+    #[test]
+    fn the_cached_date_follows_the_wall_clock_across_seconds() {
+        // Within one second and across the next boundaries: never behind
+        // the wall clock's second, never ahead of it.
+        let end = SystemTime::now() + Duration::from_millis(2500);
+        while SystemTime::now() < end {
+            let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let written = date_written().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            assert!(
+                before <= written && written <= after,
+                "{before} <= {written} <= {after}"
+            );
+            std::thread::sleep(Duration::from_millis(7));
+        }
+    }
 
     #[test]
     fn a_connection_between_requests_gives_back_the_room_of_a_large_body() {

@@ -321,7 +321,8 @@ where
     // shutdown signal or the end.
     let done = Arc::new(tokio::sync::Notify::new());
     let done_tx = done.clone();
-    let conn_task = tokio::spawn(async move {
+    // Its polls share clock readings (see `clock`).
+    let conn_task = tokio::spawn(crate::clock::scoped(async move {
         let tracker = conn_tracker;
         let closing = || tracker.closing.load(Ordering::SeqCst);
         let outcome = http1::serve(io, &settings, &closing, |req| {
@@ -354,7 +355,7 @@ where
             }
         }
         done_tx.notify_one();
-    });
+    }));
     let finished = done.notified();
     let watch = watchdog(&tracker, header_timeout, idle_timeout);
     tokio::pin!(finished, watch);
@@ -464,7 +465,8 @@ impl Tracker {
     }
 
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
+        let now = Instant::from_std(crate::clock::recent());
+        now.saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
 
     fn on_read(&self) {

@@ -134,7 +134,10 @@ pub struct Budget {
 
 fn now_secs() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 1
+    let now = Instant::from_std(crate::clock::recent());
+    now.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_secs()
+        + 1
 }
 
 fn bump(slots: &[AtomicU64; WINDOW as usize], now: u64) {
