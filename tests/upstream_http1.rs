@@ -280,3 +280,60 @@ async fn uploads_keep_their_framing_and_an_early_answer_is_relayed() {
     let text = upload_until(gw.addr(), "/too-early", 32, "nope").await;
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
 }
+
+#[tokio::test]
+async fn a_reused_connection_times_out_each_answer_from_its_own_request() {
+    // One keep-alive connection; `/wait/MS` is answered after MS milliseconds.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(end) = read_until(&mut s, &mut buf, b"\r\n\r\n", 0).await {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("/");
+                    let ms = path
+                        .strip_prefix("/wait/")
+                        .and_then(|m| m.parse().ok())
+                        .unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&config(
+        &format!("  - name: a\n    timeouts: {{read: 400ms}}\n    targets: [{{url: \"http://{addr}\"}}]\n"),
+        "  - name: r\n    match: {paths: [\"/\"]}\n    upstream: a\n",
+        "",
+    ));
+    // The first exchange's deadline passes while the second waits for its
+    // answer, which comes within its own 400 ms.
+    assert_eq!(get(&gw.url("/wait/0")).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let r = get(&gw.url("/wait/300")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "both went over one connection"
+    );
+    // A third answer that takes too long times out after its own 400 ms.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let start = std::time::Instant::now();
+    get(&gw.url("/wait/3000")).await.problem(504, "gateway-timeout");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(380) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+}

@@ -492,13 +492,22 @@ impl AsyncRead for UpstreamIo {
         if r.is_pending()
             && let Some(at) = this.head_at
         {
-            let fired = match this.head_timer.as_mut() {
-                // Armed for this deadline, with this task's waker: only its state matters.
-                Some(t) if this.armed == Some(at) => t.is_elapsed(),
-                armed => {
-                    let timer = match armed {
+            // Each exchange has a later deadline than the one before, as a
+            // rule. The timer is not moved for each (a reset costs more than
+            // the rest of this read): it stays armed at an earlier deadline,
+            // and when that passes it is moved on to the exchange's own.
+            let fired = match (this.head_timer.as_mut(), this.armed) {
+                (Some(t), Some(armed)) if armed <= at => {
+                    t.as_mut().poll(cx).is_ready()
+                        && (armed == at || {
+                            t.as_mut().reset(at);
+                            this.armed = Some(at);
+                            t.as_mut().poll(cx).is_ready()
+                        })
+                }
+                (timer, _) => {
+                    let timer = match timer {
                         Some(t) => {
-                            // Later than before: tokio extends it without touching the wheel.
                             t.as_mut().reset(at);
                             t
                         }
