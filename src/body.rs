@@ -294,10 +294,9 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(up) => match Pin::new(&mut up.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(timer) = up.timer.as_mut() {
-                        timer.as_mut().reset(
-                            up.deadline
-                                .min(Instant::from_std(crate::clock::recent()) + up.read_timeout),
-                        );
+                        timer
+                            .as_mut()
+                            .reset(up.deadline.min(crate::clock::recent() + up.read_timeout));
                     }
                     if up.inner.is_end_stream() {
                         up.in_flight = None;
@@ -316,7 +315,7 @@ impl Body for ResponseBody {
                     let (deadline, read_timeout) = (up.deadline, up.read_timeout);
                     let timer = up.timer.get_or_insert_with(|| {
                         Box::pin(tokio::time::sleep_until(
-                            deadline.min(Instant::from_std(crate::clock::recent()) + read_timeout),
+                            deadline.min(crate::clock::recent() + read_timeout),
                         ))
                     });
                     ready!(timer.as_mut().poll(cx));

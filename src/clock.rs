@@ -7,12 +7,13 @@
 //! [`recent`]. Latency measurements call [`now`], a fresh reading, which
 //! also becomes the recent one. A connection's task is polled in
 //! [`scoped`]; outside it every reading is fresh, so no task ever sees
-//! another's.
+//! another's. Readings are tokio's `Instant`, what timers take.
 
 use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 #[derive(Clone, Copy)]
 enum Recent {

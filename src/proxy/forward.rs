@@ -94,7 +94,7 @@ pub async fn forward(
         .ok_or(GatewayError::NoHealthyTarget)?;
     let mut req = Request::from_parts(parts, body);
     let mut tried: Vec<Arc<Target>> = Vec::new();
-    let first_sent = Instant::from_std(crate::clock::now());
+    let first_sent = crate::clock::now();
     let mut sent = first_sent;
     if let Some(t) = &mut ex.trace {
         t.upstream_start = Some(std::time::SystemTime::now());
@@ -120,7 +120,7 @@ pub async fn forward(
             return answer(outcome, in_flight, upstream, deadline);
         }
         tokio::time::sleep(wait).await;
-        sent = Instant::from_std(crate::clock::now());
+        sent = crate::clock::now();
         tried.push(target.clone());
         let Some(next_permit) = acquire(upstream) else {
             return answer(outcome, in_flight, upstream, deadline);
@@ -232,7 +232,7 @@ async fn send(
     // what is left of the route's deadline.
     let head_deadline = deadline.min(sent + upstream.read_timeout);
     let result = target.pool.send(req, head_deadline).await;
-    let answered = Instant::from_std(crate::clock::now());
+    let answered = crate::clock::now();
     let elapsed = answered - sent;
     upstream.duration.observe(elapsed.as_secs_f64());
     let outcome = match result {

@@ -15,7 +15,6 @@ use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, Version, request};
 use http_body::Body;
-use tokio::time::Instant;
 
 use super::forwarded;
 use super::websocket::Upgrade;
@@ -240,7 +239,7 @@ async fn process(
         quota: None,
         cors: None,
         // The route's deadline counts from the request's arrival.
-        deadline: Instant::from_std(ex.started()) + route.timeout,
+        deadline: ex.started() + route.timeout,
         claims: None,
     };
     let bytes_in = ex

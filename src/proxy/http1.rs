@@ -24,7 +24,7 @@ use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -738,7 +738,7 @@ async fn write_all<S: ClientIo>(shared: &Mutex<Shared<S>>, buf: &[u8]) -> io::Re
 fn put_date(out: &mut Vec<u8>) {
     thread_local! {
         /// The field's text, and the instant by which its second has ended.
-        static DATE: RefCell<(Option<Instant>, [u8; 29])> = const { RefCell::new((None, [0; 29])) };
+        static DATE: RefCell<(Option<tokio::time::Instant>, [u8; 29])> = const { RefCell::new((None, [0; 29])) };
     }
     let now = crate::clock::recent();
     DATE.with(|cell| {

@@ -465,7 +465,7 @@ impl Tracker {
     }
 
     fn now(&self) -> u64 {
-        let now = Instant::from_std(crate::clock::recent());
+        let now = crate::clock::recent();
         now.saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
 

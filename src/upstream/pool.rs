@@ -117,7 +117,7 @@ impl Idle {
     /// Keeps a connection whose exchange is complete, if there is room.
     pub(super) fn put(&self, mut conn: Box<http1::Conn>) {
         conn.trim();
-        let now = Instant::from_std(crate::clock::recent());
+        let now = crate::clock::recent();
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if conns.len() < self.max {
             conns.push((conn, now));
@@ -135,9 +135,7 @@ impl Idle {
     fn take(&self) -> Option<Box<http1::Conn>> {
         loop {
             let (mut conn, since) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if Instant::from_std(crate::clock::recent()).saturating_duration_since(since) < self.timeout
-                && conn.is_usable()
-            {
+            if crate::clock::recent().saturating_duration_since(since) < self.timeout && conn.is_usable() {
                 return Some(conn);
             }
         }

@@ -134,7 +134,7 @@ pub struct Budget {
 
 fn now_secs() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let now = Instant::from_std(crate::clock::recent());
+    let now = crate::clock::recent();
     now.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
         .as_secs()
         + 1
