@@ -197,9 +197,11 @@ impl GatewayError {
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let status = self.status();
         match self.side() {
-            Side::Upstream => tracing::warn!(request_id = ?request_id, error = ?self, "upstream call failed"),
+            Side::Upstream => {
+                tracing::warn!(request_id = crate::telemetry::id_text(request_id), error = ?self, "upstream call failed")
+            }
             Side::Gateway => {
-                tracing::error!(request_id = ?request_id, error = ?self, "a service the gateway depends on failed")
+                tracing::error!(request_id = crate::telemetry::id_text(request_id), error = ?self, "a service the gateway depends on failed")
             }
             Side::Downstream => {}
         }

@@ -190,6 +190,12 @@ impl Exchange {
     }
 }
 
+/// A request id as log text. Ids are printable ASCII (generated hex, or
+/// an incoming one `valid_request_id` accepted), so no quoting is needed.
+pub fn id_text(id: &http::HeaderValue) -> &str {
+    id.to_str().unwrap_or("")
+}
+
 /// Publishes the per-target gauges of a runtime that was just put in force.
 pub fn on_runtime(rt: &Runtime) {
     // `circuit_breaker_state` exists only for upstreams with a breaker: the

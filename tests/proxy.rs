@@ -297,7 +297,18 @@ async fn upstream_refusing_answering_garbage_or_hanging() {
     );
     let routes = "  - name: d\n    match: {paths: [\"/dead\"]}\n    upstream: dead\n  - name: g\n    match: {paths: [\"/garbage\"]}\n    upstream: garbage\n  - name: s\n    match: {paths: [\"/delay\"]}\n    upstream: slow\n  - name: t\n    match: {paths: [\"/route-timeout\"]}\n    upstream: slow\n    timeout: 200ms\n    rewrite: /delay/2000\n";
     let gw = Gateway::start(&config(&ups, routes, ""));
-    get(&gw.url("/dead")).await.problem(502, "bad-gateway");
+    let refused = get(&gw.url("/dead")).await.problem(502, "bad-gateway");
+    // The warning names the request by its id, as the client saw it
+    // (the text, not a quoted debug form).
+    let id = refused["request_id"].as_str().unwrap().to_string();
+    let logged = format!("\"request_id\":\"{id}\"");
+    for _ in 0..50 {
+        if gw.logged(&logged) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.logged(&logged), "no warning with {logged}");
     get(&gw.url("/garbage")).await.problem(502, "bad-gateway");
     let start = std::time::Instant::now();
     get(&gw.url("/delay/2000")).await.problem(504, "gateway-timeout");

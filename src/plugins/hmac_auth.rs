@@ -180,7 +180,11 @@ impl HmacAuth {
         // The nonce must be remembered until its timestamp is out of the window.
         let ttl = Duration::from_secs((ts + self.skew).saturating_sub(now) + 1);
         if !self.first_use(key_id, nonce, ttl).await? {
-            tracing::debug!(request_id = ?ctx.request_id, key_id, "hmac_auth: nonce replayed");
+            tracing::debug!(
+                request_id = crate::telemetry::id_text(&ctx.request_id),
+                key_id,
+                "hmac_auth: nonce replayed"
+            );
             return Err(REFUSED);
         }
         ctx.consumer = Some(consumer.clone());

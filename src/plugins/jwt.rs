@@ -178,7 +178,11 @@ impl Jwt {
             Some(v) if v.until >= now => v,
             _ => {
                 let v = Arc::new(self.verify(&token, now).await.map_err(|why| {
-                    tracing::debug!(request_id = ?ctx.request_id, why, "jwt refused");
+                    tracing::debug!(
+                        request_id = crate::telemetry::id_text(&ctx.request_id),
+                        why,
+                        "jwt refused"
+                    );
                     INVALID
                 })?);
                 self.verified.insert(token.into_owned(), v.clone());

@@ -756,7 +756,7 @@ impl RateLimit {
                         }
                     );
                     crate::telemetry::metrics().rate_limit_store_errors.inc();
-                    tracing::warn!(request_id = ?ctx.request_id, error = %cause, deny, "rate limit store failed");
+                    tracing::warn!(request_id = crate::telemetry::id_text(&ctx.request_id), error = %cause, deny, "rate limit store failed");
                     if deny {
                         return Err(GatewayError::Unavailable {
                             plugin: "rate_limit",

@@ -230,10 +230,22 @@ impl Waf {
         let hit = self.inspect(req, body).await?;
         let Some(hit) = hit else { return Ok(None) };
         if self.block {
-            tracing::info!(request_id = ?ctx.request_id, route = ctx.route, rule = hit.rule, location = hit.location, "WAF blocked a request");
+            tracing::info!(
+                request_id = crate::telemetry::id_text(&ctx.request_id),
+                route = ctx.route,
+                rule = hit.rule,
+                location = hit.location,
+                "WAF blocked a request"
+            );
             return Err(GatewayError::WafBlocked { rule: hit.rule });
         }
-        tracing::warn!(request_id = ?ctx.request_id, route = ctx.route, rule = hit.rule, location = hit.location, "WAF detected a match (detect mode: let through)");
+        tracing::warn!(
+            request_id = crate::telemetry::id_text(&ctx.request_id),
+            route = ctx.route,
+            rule = hit.rule,
+            location = hit.location,
+            "WAF detected a match (detect mode: let through)"
+        );
         Ok(Some(hit))
     }
 
