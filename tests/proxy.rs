@@ -101,6 +101,37 @@ async fn trusted_proxies_append_and_trusted_request_ids() {
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen.headers["x-request-id"], "abc-123");
     assert_eq!(seen.headers["via"], "1.1 portcullis");
+
+    // A `Connection` header naming the forwarded fields cannot drop the
+    // trusted chain, which would leave the proxy's own address as the
+    // client's (Traefik CVE-2024-45410), nor the trace context.
+    send(
+        &client_h1(),
+        req("GET", &gw.url("/x"))
+            .header(
+                "connection",
+                "x-forwarded-for, X-Forwarded-Proto, traceparent, x-real-ip, x-hop",
+            )
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("x-real-ip", "203.0.113.9")
+            .header("x-hop", "1")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let seen = up.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-real-ip"], "203.0.113.9");
+    let tp = seen.headers["traceparent"].to_str().unwrap();
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+    // Other fields it names are still hop-by-hop.
+    assert!(!seen.headers.contains_key("x-hop"));
 }
 
 #[tokio::test]

@@ -32,9 +32,18 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == http::header::TRAILER
 }
 
+/// Fields a `Connection` header may not nominate for removal: the
+/// forwarded chain a trusted proxy sent and the trace context. Dropping
+/// `X-Forwarded-For` that way would leave the trusted proxy's own address
+/// as the client's (Traefik CVE-2024-45410).
+fn kept_despite_connection(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-forwarded-") || name == X_REAL_IP || name == FORWARDED || name == TRACEPARENT
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
-/// `Connection` header names. Returns whether the message had `TE: trailers`
-/// (gRPC needs it passed on to HTTP/2 upstreams).
+/// `Connection` header names (but not [`kept_despite_connection`] ones).
+/// Returns whether the message had `TE: trailers` (gRPC needs it passed on
+/// to HTTP/2 upstreams).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most messages carry none: one pass over the names, without hashing.
     if !headers.keys().any(is_hop_by_hop) {
@@ -51,6 +60,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("").split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|name| !kept_despite_connection(name))
         .collect();
     for name in named {
         headers.remove(name);
@@ -323,6 +333,25 @@ mod tests {
         h.insert("upgrade", "websocket".parse().unwrap());
         assert!(strip_hop_by_hop(&mut h), "TE: trailers is reported");
         assert!(h.is_empty(), "{h:?}");
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            "X-Forwarded-For, x-forwarded-prefix, forwarded, traceparent"
+                .parse()
+                .unwrap(),
+        );
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-prefix",
+            "forwarded",
+            "traceparent",
+        ] {
+            h.insert(name, "1".parse().unwrap());
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 4, "only Connection goes: {h:?}");
+        assert!(!h.contains_key("connection"));
     }
 
     #[test]
