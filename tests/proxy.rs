@@ -281,6 +281,43 @@ async fn absolute_form_is_routed_by_path_and_never_contacts_the_named_host() {
     .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert_eq!(up.last().uri, "/latest/meta-data");
+
+    // The host the gateway routes on (the target's authority) is the one
+    // the upstream gets as Host, whatever Host the client also sent
+    // (RFC 9112 §3.2.2): a virtual host cannot be reached behind another.
+    let (resp, _) = raw(
+        gw.addr(),
+        b"GET http://api.example.com/x HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = up.last();
+    assert_eq!(seen.headers["host"], "api.example.com");
+    assert_eq!(seen.headers["x-forwarded-host"], "api.example.com");
+    assert_eq!(up.count(), 2);
+
+    // Over HTTP/2, a Host naming another host than :authority is malformed
+    // (RFC 9113 §8.3.1); the same one in another case is not.
+    let r = send(
+        &client_h2(),
+        req("GET", &gw.url("/y"))
+            .header("host", "admin.internal")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    r.problem(400, "bad-request");
+    assert_eq!(up.count(), 2);
+    let r = send(
+        &client_h2(),
+        req("GET", &gw.url("/y"))
+            .header("host", gw.addr().to_string().to_uppercase())
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
 }
 
 #[tokio::test]

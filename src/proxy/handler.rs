@@ -122,7 +122,7 @@ async fn process(
     if header_bytes(&parts) > limit {
         return Err(GatewayError::HeadersTooLarge { limit });
     }
-    let host = request_host(&parts)?;
+    let host = request_host(&mut parts)?;
     if let Some(metrics_path) = &settings.metrics_path
         && parts.uri.path() == metrics_path
         && parts.method == http::Method::GET
@@ -550,7 +550,11 @@ fn header_bytes(parts: &request::Parts) -> u64 {
 
 /// The host the client asked for: the URI's authority (HTTP/2, absolute
 /// form) or the `Host` header. HTTP/1.1 requires one, and only one.
-fn request_host(parts: &request::Parts) -> Result<Option<HeaderValue>, GatewayError> {
+/// The host the request names: its target's authority (HTTP/1.1 absolute
+/// form, HTTP/2 `:authority`), else its Host header. What routes match,
+/// `X-Forwarded-Host` carries and the upstream receives as Host are that
+/// one host, so a Host naming another cannot reach the upstream.
+fn request_host(parts: &mut request::Parts) -> Result<Option<HeaderValue>, GatewayError> {
     let bad = |detail| GatewayError::BadRequest { detail, close: true };
     let mut hosts = parts.headers.get_all(HOST).iter();
     let header = hosts.next();
@@ -558,7 +562,18 @@ fn request_host(parts: &request::Parts) -> Result<Option<HeaderValue>, GatewayEr
         return Err(bad("more than one Host header"));
     }
     let host = match (parts.uri.authority(), header) {
-        (Some(a), _) => Some(HeaderValue::from_str(a.as_str()).map_err(|_| bad("invalid Host header"))?),
+        (Some(a), header) => {
+            let value = HeaderValue::from_str(a.as_str()).map_err(|_| bad("invalid Host header"))?;
+            if header.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(value.as_bytes())) {
+                if parts.version == Version::HTTP_2 {
+                    // RFC 9113 §8.3.1: malformed.
+                    return Err(bad("the Host header names another host than :authority"));
+                }
+                // RFC 9112 §3.2.2: the absolute form's authority replaces Host.
+                parts.headers.insert(HOST, value.clone());
+            }
+            Some(value)
+        }
         // A clone shares the header's bytes: no copy.
         (None, Some(h)) => Some(h.clone()),
         (None, None) if parts.version == Version::HTTP_11 => {
