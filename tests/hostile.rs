@@ -149,6 +149,9 @@ async fn malformed_header_syntax_is_refused() {
     refused(&gw, &up, b"GET /a HTTP/1.1\r\n\r\n", 400).await;
     refused(&gw, &up, b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400).await;
     refused(&gw, &up, b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n", 400).await;
+    // a fragment in the request target (HAProxy CVE-2023-45539)
+    refused(&gw, &up, b"GET /admin#.png HTTP/1.1\r\nHost: x\r\n\r\n", 400).await;
+    refused(&gw, &up, b"GET /a?b#c HTTP/1.1\r\nHost: x\r\n\r\n", 400).await;
 }
 
 #[tokio::test]

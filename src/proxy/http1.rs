@@ -368,6 +368,12 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Parsed, Gatewa
         }
         spans.record(read.as_ptr(), parsed.headers);
         let path = parsed.path.unwrap_or_default();
+        // A request target has no fragment (RFC 9112 §3.2). `Uri` would
+        // drop it, so `/admin#.png` would be one path to a rule that saw
+        // the raw target and another to the router (HAProxy CVE-2023-45539).
+        if path.contains('#') {
+            return Err(bad("the request target contains a fragment (`#`)"));
+        }
         let start = path.as_ptr() as usize - read.as_ptr() as usize;
         (
             len,
