@@ -251,3 +251,65 @@ async fn websocket_over_http2_is_an_extended_connect() {
     assert!(h.contains_key("sec-websocket-key"));
     ws.close(None).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_tunnel_keeps_its_place_against_max_connections() {
+    let (addr, _) = echo_server().await;
+    let gw = gateway(addr, "  limits: {max_connections: 1}\n");
+    let mut ws = connect(&gw, "/open", None).await.unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+    // Well after the upgrade, when the connection's HTTP side has surely
+    // ended (without the tunnel's hold, its place was free by then): the
+    // upgraded connection still counts, and another is turned away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (resp, closed) = raw(
+        gw.addr(),
+        b"GET /open HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        resp.is_empty() && closed,
+        "a connection over the cap was served: {resp:?}"
+    );
+    // Once the tunnel closes, its place is free again.
+    ws.close(None).await.unwrap();
+    close_code(&mut ws).await;
+    eventually("a new connection is served", || async {
+        let (resp, _) = raw(
+            gw.addr(),
+            b"GET /open HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        !resp.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_tunnels_with_1001_and_waits_for_them() {
+    let (addr, seen) = echo_server().await;
+    let mut gw = gateway(addr, "  shutdown_timeout: 10s\n");
+    let mut ws = connect(&gw, "/open", None).await.unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+    let started = std::time::Instant::now();
+    gw.signal("TERM");
+    // Both sides hear that the gateway is going away...
+    assert_eq!(close_code(&mut ws).await, 1001);
+    eventually("the upstream saw 1001", || async {
+        seen.lock().unwrap().closes == [1001]
+    })
+    .await;
+    // ...and the gateway exits cleanly once the tunnel is closed, well
+    // before shutdown_timeout.
+    let status = tokio::task::spawn_blocking(move || gw.wait_exit()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -17,6 +17,7 @@ use http::{HeaderValue, Request, Response, Version, request};
 use http_body::Body;
 
 use super::forwarded;
+use super::server::ConnHold;
 use super::websocket::Upgrade;
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::config::Protocol;
@@ -39,15 +40,24 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client certificate the TLS handshake verified (mTLS).
     pub client_cert: Option<crate::tls::ClientIdentity>,
+    /// The connection's place against `max_connections`, which a
+    /// WebSocket tunnel keeps after the connection ends.
+    pub hold: ConnHold,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool, client_cert: Option<crate::tls::ClientIdentity>) -> Self {
+    pub fn new(
+        peer: SocketAddr,
+        tls: bool,
+        client_cert: Option<crate::tls::ClientIdentity>,
+        hold: ConnHold,
+    ) -> Self {
         ConnInfo {
             peer,
             peer_value: forwarded::ip_header_value(peer.ip()),
             tls,
             client_cert,
+            hold,
         }
     }
 }
@@ -332,7 +342,11 @@ async fn process(
                     .insert(http::header::TE, HeaderValue::from_static("trailers"));
             }
             if websocket != Upgrade::No {
-                return Box::pin(upgrade(rt, route, upstream, &ctx, host, parts, pq, body, ex)).await;
+                let hold = conn.hold.clone();
+                return Box::pin(upgrade(
+                    rt, route, upstream, &ctx, host, parts, pq, body, hold, ex,
+                ))
+                .await;
             }
             // gRPC-Web from a browser goes up as gRPC (`grpc_web.rs`).
             let grpc_web = match upstream.protocol {
@@ -410,6 +424,7 @@ async fn upgrade(
     mut parts: request::Parts,
     pq: PathAndQuery,
     body: RequestBody,
+    hold: ConnHold,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if upstream.protocol != Protocol::Http1 {
@@ -461,6 +476,7 @@ async fn upgrade(
                 max_frame: route.max_body,
                 idle_timeout: rt.settings.limits.idle_timeout.0,
             },
+            hold,
         );
     }
     Ok(resp)

@@ -86,6 +86,7 @@ pub async fn serve(listeners: Vec<Listener>, runtime: RuntimeHandle, shutdown: i
     let ctx = Arc::new(ServerCtx {
         runtime,
         active: AtomicUsize::new(0),
+        all_closed: tokio::sync::Notify::new(),
     });
     let mut accept_loops = Vec::new();
     for l in listeners {
@@ -106,17 +107,21 @@ pub async fn serve(listeners: Vec<Listener>, runtime: RuntimeHandle, shutdown: i
     for task in accept_loops {
         let _ = task.await;
     }
+    let deadline = Instant::now() + drain_timeout;
     // The accept loops held the other references; they have all returned.
     let drained = match Arc::try_unwrap(graceful) {
-        Ok(graceful) => tokio::time::timeout(drain_timeout, graceful.shutdown())
+        Ok(graceful) => tokio::time::timeout_at(deadline, graceful.shutdown())
             .await
             .is_ok(),
         Err(_) => {
             tracing::warn!("connections could not be told to drain; waiting shutdown_timeout");
-            tokio::time::sleep(drain_timeout).await;
+            tokio::time::sleep_until(deadline).await;
             false
         }
     };
+    // WebSocket tunnels outlive their connections: they were told to close
+    // (1001) and are given what is left of the time.
+    let drained = drained && tokio::time::timeout_at(deadline, ctx.closed()).await.is_ok();
     if !drained {
         tracing::warn!(
             connections = ctx.active.load(Ordering::Relaxed),
@@ -127,8 +132,57 @@ pub async fn serve(listeners: Vec<Listener>, runtime: RuntimeHandle, shutdown: i
 
 struct ServerCtx {
     runtime: RuntimeHandle,
-    /// Open client connections, against `max_connections`.
+    /// Open client connections (WebSocket tunnels included), against
+    /// `max_connections`.
     active: AtomicUsize,
+    /// Told when `active` falls to zero.
+    all_closed: tokio::sync::Notify,
+}
+
+impl ServerCtx {
+    /// Resolves once no client connection or tunnel is open.
+    async fn closed(&self) {
+        loop {
+            // Registered before the check: a close in between still wakes it.
+            let notified = self.all_closed.notified();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A client connection's place against `max_connections`, given back when
+/// the last holder drops it: the connection, or the WebSocket tunnel it
+/// became.
+struct Slot {
+    ctx: Arc<ServerCtx>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        if self.ctx.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.ctx.all_closed.notify_waiters();
+        }
+    }
+}
+
+/// What a WebSocket tunnel keeps of the connection it came from: its
+/// place against `max_connections`, and word of shutdown.
+#[derive(Clone)]
+pub struct ConnHold {
+    _slot: Arc<Slot>,
+    stop: watch::Receiver<bool>,
+}
+
+impl ConnHold {
+    /// Resolves when the gateway starts shutting down.
+    pub async fn stopping(&mut self) {
+        let _ = self.stop.wait_for(|stop| *stop).await;
+    }
 }
 
 async fn accept_loop(
@@ -190,14 +244,14 @@ async fn serve_connection(
     drain: Drain,
     gauge: prometheus_client::metrics::gauge::Gauge,
 ) {
-    struct Active<'a>(&'a AtomicUsize, prometheus_client::metrics::gauge::Gauge);
-    impl Drop for Active<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-            self.1.dec();
-        }
-    }
-    let _active = Active(&ctx.active, gauge);
+    // Counted in `active` by the accept loop.
+    let hold = ConnHold {
+        _slot: Arc::new(Slot {
+            ctx: ctx.clone(),
+            gauge,
+        }),
+        stop: drain.stop.clone(),
+    };
 
     // The limits and certificates in force when the connection opens apply
     // to all of it.
@@ -210,7 +264,7 @@ async fn serve_connection(
     };
     let header_timeout = limits.header_timeout;
     let Some(tls) = tls else {
-        let info = ConnInfo::new(peer, false, None);
+        let info = ConnInfo::new(peer, false, None, hold);
         return serve_stream(stream, info, &ctx, drain, limits).await;
     };
     // The handshake counts against the header timeout: a client that
@@ -233,7 +287,7 @@ async fn serve_connection(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(crate::tls::ClientIdentity::from_der);
-    let info = ConnInfo::new(peer, true, client);
+    let info = ConnInfo::new(peer, true, client, hold);
     serve_stream(stream, info, &ctx, drain, limits).await
 }
 

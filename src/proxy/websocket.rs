@@ -27,6 +27,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::server::ConnHold;
+
 const READ_BUFFER: usize = 16 << 10;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -98,7 +100,9 @@ pub struct TunnelLimits {
 
 /// Joins the client's and the upstream's upgraded connections once both
 /// are handed over, in a task of its own.
-pub fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, limits: TunnelLimits) {
+/// The tunnel keeps `hold` (its connection's place against
+/// `max_connections`) until it closes, and closes with 1001 at shutdown.
+pub fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, limits: TunnelLimits, mut hold: ConnHold) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
@@ -107,7 +111,13 @@ pub fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, limits: TunnelLimits
                 return;
             }
         };
-        let reason = tunnel(TokioIo::new(client), TokioIo::new(upstream), limits).await;
+        let reason = tunnel(
+            TokioIo::new(client),
+            TokioIo::new(upstream),
+            limits,
+            hold.stopping(),
+        )
+        .await;
         tracing::debug!(reason, "websocket tunnel closed");
     });
 }
@@ -119,11 +129,26 @@ enum Side {
     Upstream,
 }
 
-async fn tunnel<C, U>(mut client: C, mut upstream: U, limits: TunnelLimits) -> &'static str
+/// What woke the tunnel.
+enum Event {
+    Read(Side, std::io::Result<usize>),
+    Idle,
+    Stopping,
+}
+
+/// Relays frames both ways until a side closes, the tunnel idles, a frame
+/// is too large, or `stopping` resolves (shutdown).
+async fn tunnel<C, U>(
+    mut client: C,
+    mut upstream: U,
+    limits: TunnelLimits,
+    stopping: impl Future<Output = ()>,
+) -> &'static str
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut stopping = std::pin::pin!(stopping);
     let mut from_client = Direction::new(limits.max_frame);
     let mut from_upstream = Direction::new(limits.max_frame);
     let mut client_buf = vec![0u8; READ_BUFFER];
@@ -131,14 +156,26 @@ where
     let mut idle_until = Instant::now() + limits.idle_timeout;
     loop {
         let event = tokio::select! {
-            r = client.read(&mut client_buf) => Some((Side::Client, r)),
-            r = upstream.read(&mut upstream_buf) => Some((Side::Upstream, r)),
-            () = tokio::time::sleep_until(idle_until) => None,
+            r = client.read(&mut client_buf) => Event::Read(Side::Client, r),
+            r = upstream.read(&mut upstream_buf) => Event::Read(Side::Upstream, r),
+            () = tokio::time::sleep_until(idle_until) => Event::Idle,
+            () = &mut stopping => Event::Stopping,
         };
-        let Some((side, read)) = event else {
-            let _ = close(&mut client, Side::Client, CLOSE_GOING_AWAY).await;
-            let _ = close(&mut upstream, Side::Upstream, CLOSE_GOING_AWAY).await;
-            return "idle";
+        let (side, read) = match event {
+            Event::Read(side, read) => (side, read),
+            Event::Idle | Event::Stopping => {
+                // 1001 to each side, where it falls between frames; a side
+                // in the middle of a frame only sees its stream end.
+                let client_between = from_upstream.between_frames();
+                let upstream_between = from_client.between_frames();
+                let _ = going_away(&mut client, Side::Client, client_between).await;
+                let _ = going_away(&mut upstream, Side::Upstream, upstream_between).await;
+                return if matches!(event, Event::Idle) {
+                    "idle"
+                } else {
+                    "shutting down"
+                };
+            }
         };
         let n = match read {
             Ok(0) | Err(_) => {
@@ -183,6 +220,20 @@ where
     }
 }
 
+/// Ends `side`'s stream, with a 1001 close frame first when it is between
+/// frames (a close frame inside another frame's payload would corrupt it).
+async fn going_away<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    side: Side,
+    between_frames: bool,
+) -> std::io::Result<()> {
+    if between_frames {
+        close(stream, side, CLOSE_GOING_AWAY).await
+    } else {
+        stream.shutdown().await
+    }
+}
+
 /// Sends a close frame with `code` to `side`, then ends the stream. Frames
 /// to the upstream are masked (the gateway is its client), frames to the
 /// client are not (RFC 6455 section 5.1).
@@ -224,6 +275,12 @@ impl Direction {
             header: Vec::with_capacity(14),
             payload_left: 0,
         }
+    }
+
+    /// Whether what was forwarded this way ends on a frame boundary (a
+    /// header still being read was not forwarded).
+    fn between_frames(&self) -> bool {
+        self.payload_left == 0
     }
 
     /// The bytes of `data` to forward now, and whether a frame over the

@@ -236,6 +236,11 @@ impl Gateway {
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Waits for the process to exit (after a signal sent earlier).
+    pub fn wait_exit(&mut self) -> ExitStatus {
         self.child.take().unwrap().wait().unwrap()
     }
 
