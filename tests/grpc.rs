@@ -71,6 +71,26 @@ fn grpc_answer(data: Bytes, status: u32, message: &str, seen: &HeaderMap) -> Res
     r
 }
 
+fn status_trailers(status: u32, message: &str) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", status.to_string().parse().unwrap());
+    if !message.is_empty() {
+        trailers.insert("grpc-message", message.parse().unwrap());
+    }
+    trailers
+}
+
+/// A server stream's answer from its frames.
+fn grpc_stream(body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    r
+}
+
+/// Lets the `paced` stream send its second message.
+static NEXT_MESSAGE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 fn item(pool: &DescriptorPool, sku: &str, quantity: i64) -> DynamicMessage {
     let desc = pool.get_message_by_name("shop.v1.Item").unwrap();
     let mut m = DynamicMessage::new(desc);
@@ -194,6 +214,37 @@ async fn answer(
             ok(it)
         }
         "DeleteItem" => ok(DynamicMessage::new(method.output())),
+        "Watch" if text(&req, "warehouse") == "paced" => {
+            // One message, then the next only when the test says so.
+            let pool = pool.clone();
+            let frames = futures_util::stream::unfold(0, move |step| {
+                let pool = pool.clone();
+                async move {
+                    let frame = match step {
+                        0 => Frame::data(framed(&item(&pool, "paced-0", 0))),
+                        1 => {
+                            NEXT_MESSAGE.notified().await;
+                            Frame::data(framed(&item(&pool, "paced-1", 1)))
+                        }
+                        2 => Frame::trailers(status_trailers(0, "")),
+                        _ => return None,
+                    };
+                    Some((Ok::<_, Infallible>(frame), step + 1))
+                }
+            });
+            grpc_stream(StreamBody::new(frames).boxed())
+        }
+        "Watch" if text(&req, "warehouse") == "closed" => {
+            grpc_answer(Bytes::new(), 5, "no%20such%20warehouse", h)
+        }
+        "Watch" if text(&req, "warehouse") == "failing" => {
+            // One message, then an error status.
+            let frames = vec![
+                Ok::<_, Infallible>(Frame::data(framed(&item(pool, "failing-0", 0)))),
+                Ok(Frame::trailers(status_trailers(14, "backend down"))),
+            ];
+            grpc_stream(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        }
         "Watch" => {
             let count = req
                 .get_field_by_name("count")
@@ -373,6 +424,97 @@ async fn server_streams_are_arrays_or_ndjson() {
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["sku"], "w1-1");
+}
+
+/// Reads from `s` into `got` until `until` is in it or the stream ends.
+async fn read_until(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, until: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(got).contains(until) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {until:?} in {:?}", String::from_utf8_lossy(got)))
+            .unwrap();
+        if n == 0 {
+            return;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The data of a chunked body, and whether its last chunk came.
+fn dechunk(mut body: &[u8]) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
+            return (out, false);
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&body[..eol]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return (out, true);
+        }
+        let Some(chunk) = body.get(eol + 2..eol + 2 + size) else {
+            return (out, false);
+        };
+        out.extend_from_slice(chunk);
+        body = &body[(eol + 4 + size).min(body.len())..];
+    }
+}
+
+#[tokio::test]
+async fn a_server_stream_reaches_the_client_as_it_comes() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup().await;
+    let mut c = tokio::net::TcpStream::connect(s.gw.addr()).await.unwrap();
+    c.write_all(b"GET /v1/warehouses/paced/watch?count=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The first message comes while the upstream holds back the second.
+    let mut got = Vec::new();
+    read_until(&mut c, &mut got, "paced-0").await;
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(!text.contains("paced-1"), "{text}");
+    NEXT_MESSAGE.notify_one();
+    read_until(&mut c, &mut got, "\r\n0\r\n\r\n").await;
+    let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let (json, complete) = dechunk(&got[at..]);
+    assert!(complete);
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v[0]["sku"], "paced-0");
+    assert_eq!(v[1]["sku"], "paced-1");
+    assert_eq!(v.as_array().unwrap().len(), 2);
+
+    // An error status after the first message cannot change the 200 any
+    // more: the answer is cut short, never made to look complete.
+    let (resp, closed) = raw(
+        s.gw.addr(),
+        b"GET /v1/warehouses/failing/watch HTTP/1.1\r\nHost: x\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert!(closed);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let at = resp.find("\r\n\r\n").unwrap() + 4;
+    let (json, complete) = dechunk(&resp.as_bytes()[at..]);
+    assert!(!complete, "{resp}");
+    let json = String::from_utf8(json).unwrap();
+    assert!(json.starts_with(r#"[{"sku":"failing-0""#), "{json}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&json).is_err(),
+        "{json}"
+    );
+
+    // Before any message, the status is still the answer's; an empty
+    // stream is an empty array.
+    let p = call(&s.gw, "GET", "/v1/warehouses/closed/watch", None, &[])
+        .await
+        .problem(404, "grpc-not-found");
+    assert_eq!(p["detail"], "no such warehouse");
+    let r = call(&s.gw, "GET", "/v1/warehouses/w1/watch?count=0", None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "[]");
 }
 
 #[tokio::test]

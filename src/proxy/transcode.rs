@@ -8,8 +8,10 @@
 //!     variables and query parameters (proto3 JSON mapping)
 //!   → gRPC over HTTP/2 (framed, `grpc-timeout` from the route deadline)
 //!   → grpc-status 0: the message(s) as JSON (a server stream: an array, or
-//!     NDJSON on `Accept: application/x-ndjson`); else the status mapped to
-//!     HTTP with the message in a problem+json body
+//!     NDJSON on `Accept: application/x-ndjson`, each message sent as it
+//!     comes); else the status mapped to HTTP with the message in a
+//!     problem+json body (or, after a stream's first message, the answer
+//!     cut short)
 //! ```
 //!
 //! A request already speaking gRPC (`Content-Type: application/grpc…`) on
@@ -40,7 +42,7 @@ use crate::snapshot::Route;
 use crate::telemetry::Exchange;
 use crate::upstream::Upstream;
 
-/// The largest answer read (all of a server stream's messages together).
+/// The largest answer message read (each of a server stream's).
 const MAX_ANSWER: usize = 8 << 20;
 /// `google.api.http`, the MethodOptions extension holding an HttpRule.
 const HTTP_RULE: &str = "google.api.http";
@@ -409,62 +411,65 @@ impl Binding {
                 parts.status
             )));
         }
-        let collected = crate::body::collect_answer(body, MAX_ANSWER).await?;
-        let trailers = collected.trailers().cloned();
-        let data = collected.to_bytes();
-        // A trailers-only answer carries its status in the headers.
-        let status_from = trailers
-            .as_ref()
-            .filter(|t| t.contains_key("grpc-status"))
-            .unwrap_or(&parts.headers);
-        let code: u16 = status_from
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .ok_or_else(|| GatewayError::UpstreamProtocol("a gRPC answer without grpc-status".into()))?;
-        if code != 0 {
-            let message = status_from
-                .get("grpc-message")
-                .and_then(|v| v.to_str().ok())
-                .map(crate::plugins::percent_decode_path)
-                .unwrap_or_default();
-            return Err(GatewayError::GrpcStatus { code, message });
-        }
-        let output = self.grpc.output();
-        let messages = frames(&data)?;
-        let streaming = self.grpc.is_server_streaming();
-        if !streaming && messages.len() != 1 {
-            return Err(GatewayError::UpstreamProtocol(format!(
-                "a unary gRPC answer with {} messages",
-                messages.len()
-            )));
-        }
-        // Written straight out, in the messages' field order.
-        let mut out = Vec::with_capacity(data.len() * 2 + 2);
-        if streaming && !ndjson {
-            out.push(b'[');
-        }
-        for (i, frame) in messages.into_iter().enumerate() {
-            let msg = DynamicMessage::decode(output.clone(), frame).map_err(|e| {
-                GatewayError::UpstreamProtocol(format!("a gRPC message that does not decode: {e}"))
-            })?;
-            if i > 0 && streaming && !ndjson {
-                out.push(b',');
+        let mut json = JsonStream {
+            upstream: body,
+            buf: BytesMut::new(),
+            head_status: status_fields(&parts.headers),
+            trailers: None,
+            output: self.grpc.output(),
+            response_body: self.response_body.clone(),
+            streaming: self.grpc.is_server_streaming(),
+            ndjson,
+            written: 0,
+            finished: false,
+        };
+        // Up to the first message (or the end), the status can still
+        // become the answer's; a unary answer is read whole.
+        let mut first = std::future::poll_fn(|cx| json.poll_next(cx)).await?;
+        if !json.streaming {
+            let rest = std::future::poll_fn(|cx| json.poll_next(cx)).await?;
+            if rest.is_some() || json.written != 1 {
+                return Err(GatewayError::UpstreamProtocol(format!(
+                    "a unary gRPC answer with {} messages",
+                    json.written
+                )));
             }
-            self.write_json(&msg, &mut out)?;
-            if ndjson {
-                out.push(b'\n');
-            }
-        }
-        if streaming && !ndjson {
-            out.push(b']');
         }
         let content_type = if ndjson {
             "application/x-ndjson"
         } else {
             "application/json"
         };
-        let json = Bytes::from(out);
-        let mut resp = Response::new(ResponseBody::full(json.clone()));
+        let first_len = first.as_ref().map_or(0, Bytes::len);
+        let (body, length) = if json.finished {
+            (
+                ResponseBody::full(first.take().unwrap_or_default()),
+                Some(first_len),
+            )
+        } else {
+            // The rest as it comes: after this, a status other than OK can
+            // only cut the answer short (see `JsonStream`).
+            let rest = futures_util::stream::unfold((first, json), |(first, mut json)| async move {
+                if let Some(chunk) = first {
+                    return Some((Ok(http_body::Frame::data(chunk)), (None, json)));
+                }
+                match std::future::poll_fn(|cx| json.poll_next(cx)).await {
+                    Ok(Some(chunk)) => Some((Ok(http_body::Frame::data(chunk)), (None, json))),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!(error = ?e, "a transcoded server stream failed after its first message");
+                        json.finished = true;
+                        Some((Err(crate::body::BoxError::from(format!("{e:?}"))), (None, json)))
+                    }
+                }
+            });
+            let body = http_body_util::StreamBody::new(rest);
+            (
+                ResponseBody::Wrapped(http_body_util::BodyExt::boxed_unsync(body)),
+                None,
+            )
+        };
+        let mut resp = Response::new(body);
         let h = resp.headers_mut();
         // The upstream's metadata goes on; its gRPC framing headers do not.
         for (k, v) in &parts.headers {
@@ -474,47 +479,53 @@ impl Binding {
             }
         }
         h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        h.insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
+        if let Some(n) = length {
+            h.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
         Ok(resp)
     }
+}
 
-    /// One answer message as proto3 JSON (lowerCamelCase names, 64-bit
-    /// integers as strings, enums by name), or only its `response_body`.
-    fn write_json(&self, msg: &DynamicMessage, out: &mut Vec<u8>) -> Result<(), GatewayError> {
-        let err = |e: serde_json::Error| GatewayError::UpstreamProtocol(e.to_string());
-        let write = |m: &DynamicMessage, out: &mut Vec<u8>| {
-            m.serialize_with_options(&mut serde_json::Serializer::new(out), &SerializeOptions::new())
-                .map_err(err)
-        };
-        let Some(f) = &self.response_body else {
-            return write(msg, out);
-        };
-        match &*msg.get_field(f) {
-            Value::Message(m) => write(m, out),
-            Value::List(items) if items.iter().all(|i| matches!(i, Value::Message(_))) => {
-                out.push(b'[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    if let Value::Message(m) = item {
-                        write(m, out)?;
-                    }
+/// One answer message as proto3 JSON (lowerCamelCase names, 64-bit
+/// integers as strings, enums by name), or only its `response_body` field.
+fn write_json(
+    response_body: Option<&FieldDescriptor>,
+    msg: &DynamicMessage,
+    out: &mut Vec<u8>,
+) -> Result<(), GatewayError> {
+    let err = |e: serde_json::Error| GatewayError::UpstreamProtocol(e.to_string());
+    let write = |m: &DynamicMessage, out: &mut Vec<u8>| {
+        m.serialize_with_options(&mut serde_json::Serializer::new(out), &SerializeOptions::new())
+            .map_err(err)
+    };
+    let Some(f) = response_body else {
+        return write(msg, out);
+    };
+    match &*msg.get_field(f) {
+        Value::Message(m) => write(m, out),
+        Value::List(items) if items.iter().all(|i| matches!(i, Value::Message(_))) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
                 }
-                out.push(b']');
-                Ok(())
+                if let Value::Message(m) = item {
+                    write(m, out)?;
+                }
             }
-            // Scalars and maps: their JSON form, from the message's.
-            _ => {
-                let json = msg
-                    .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
-                    .map_err(err)?;
-                let value = json
-                    .get(f.json_name())
-                    .cloned()
-                    .unwrap_or_else(|| default_json(f));
-                serde_json::to_writer(out, &value).map_err(err)
-            }
+            out.push(b']');
+            Ok(())
+        }
+        // Scalars and maps: their JSON form, from the message's.
+        _ => {
+            let json = msg
+                .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+                .map_err(err)?;
+            let value = json
+                .get(f.json_name())
+                .cloned()
+                .unwrap_or_else(|| default_json(f));
+            serde_json::to_writer(out, &value).map_err(err)
         }
     }
 }
@@ -672,25 +683,147 @@ pub fn frame(msg: &DynamicMessage, out: &mut BytesMut) {
     msg.encode_raw(out);
 }
 
-/// The messages of a gRPC body (each: flag, 4-byte length, bytes).
-fn frames(mut data: &[u8]) -> Result<Vec<&[u8]>, GatewayError> {
-    let bad = |why: &str| GatewayError::UpstreamProtocol(format!("a malformed gRPC answer: {why}"));
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.len() < 5 {
-            return Err(bad("a truncated frame header"));
+/// An answer's messages as JSON, converted as the upstream sends them: a
+/// unary answer's one message, or a server stream as a JSON array (`[`,
+/// messages with `,`, `]`) or NDJSON (a message a line). Each message is
+/// bounded by `MAX_ANSWER`, not the whole stream.
+///
+/// The status comes last (trailers, or the head of a trailers-only answer).
+/// Once a message has gone to the client the answer is a 200, so a status
+/// other than OK after that ends the body in an error: the client sees the
+/// answer cut short (no closing `]`, no final chunk, or a reset stream)
+/// rather than one that looks complete.
+struct JsonStream {
+    upstream: ResponseBody,
+    buf: BytesMut,
+    /// `grpc-status` and `grpc-message` of the answer's head.
+    head_status: Option<HeaderMap>,
+    trailers: Option<HeaderMap>,
+    output: MessageDescriptor,
+    response_body: Option<FieldDescriptor>,
+    streaming: bool,
+    ndjson: bool,
+    /// Messages converted so far.
+    written: usize,
+    finished: bool,
+}
+
+impl JsonStream {
+    /// The JSON of the messages that came since the last call (at least
+    /// one), the closing `]` at the end of an array, or `None` once done.
+    fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Option<Bytes>, GatewayError>> {
+        use std::task::Poll;
+        loop {
+            if self.finished {
+                return Poll::Ready(Ok(None));
+            }
+            let mut out = Vec::new();
+            while let Some(frame) = next_frame(&mut self.buf)? {
+                let msg = DynamicMessage::decode(self.output.clone(), frame).map_err(|e| {
+                    GatewayError::UpstreamProtocol(format!("a gRPC message that does not decode: {e}"))
+                })?;
+                if self.streaming && !self.ndjson {
+                    out.push(if self.written == 0 { b'[' } else { b',' });
+                }
+                write_json(self.response_body.as_ref(), &msg, &mut out)?;
+                if self.ndjson {
+                    out.push(b'\n');
+                }
+                self.written += 1;
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Ok(Some(Bytes::from(out))));
+            }
+            let frame = match std::task::ready!(http_body::Body::poll_frame(
+                std::pin::Pin::new(&mut self.upstream),
+                cx
+            )) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Err(GatewayError::UpstreamProtocol(e.to_string()))),
+                None => return Poll::Ready(self.end()),
+            };
+            match frame.into_data() {
+                Ok(data) => self.buf.extend_from_slice(&data),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.trailers = Some(trailers);
+                    }
+                }
+            }
         }
-        if data[0] & 1 != 0 {
-            return Err(bad("a compressed message (none was asked for)"));
-        }
-        let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-        let msg = data
-            .get(5..5 + len)
-            .ok_or_else(|| bad("a frame longer than the body"))?;
-        out.push(msg);
-        data = &data[5 + len..];
     }
-    Ok(out)
+
+    /// The end of the upstream's answer: its status, and the array's close.
+    fn end(&mut self) -> Result<Option<Bytes>, GatewayError> {
+        self.finished = true;
+        if !self.buf.is_empty() {
+            return Err(malformed("a truncated frame"));
+        }
+        // A trailers-only answer carries its status in the head.
+        let status = self
+            .trailers
+            .as_ref()
+            .filter(|t| t.contains_key("grpc-status"))
+            .or(self.head_status.as_ref())
+            .ok_or_else(|| GatewayError::UpstreamProtocol("a gRPC answer without grpc-status".into()))?;
+        let code: u16 = status
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .ok_or_else(|| {
+                GatewayError::UpstreamProtocol("a gRPC answer with an invalid grpc-status".into())
+            })?;
+        if code != 0 {
+            let message = status
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .map(crate::plugins::percent_decode_path)
+                .unwrap_or_default();
+            return Err(GatewayError::GrpcStatus { code, message });
+        }
+        Ok(match (self.streaming && !self.ndjson, self.written) {
+            (false, _) => None,
+            (true, 0) => Some(Bytes::from_static(b"[]")),
+            (true, _) => Some(Bytes::from_static(b"]")),
+        })
+    }
+}
+
+/// The status fields of an answer's head, if it has them.
+fn status_fields(headers: &HeaderMap) -> Option<HeaderMap> {
+    let status = headers.get("grpc-status")?;
+    let mut out = HeaderMap::new();
+    out.insert("grpc-status", status.clone());
+    if let Some(m) = headers.get("grpc-message") {
+        out.insert("grpc-message", m.clone());
+    }
+    Some(out)
+}
+
+fn malformed(why: &str) -> GatewayError {
+    GatewayError::UpstreamProtocol(format!("a malformed gRPC answer: {why}"))
+}
+
+/// The next whole message at the start of `buf`, taken off it; `None`
+/// while its frame has not all come.
+fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, GatewayError> {
+    let Some(header) = buf.get(..5) else {
+        return Ok(None);
+    };
+    if header[0] & 1 != 0 {
+        return Err(malformed("a compressed message (none was asked for)"));
+    }
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > MAX_ANSWER {
+        return Err(malformed("a message over 8 MiB"));
+    }
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(5 + len);
+    Ok(Some(frame.split_off(5).freeze()))
 }
 
 /// `grpc-timeout`: at most 8 digits and a unit.
@@ -766,14 +899,18 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_checked() {
-        assert_eq!(
-            frames(b"\0\0\0\0\x02hi\0\0\0\0\0").unwrap(),
-            vec![&b"hi"[..], &b""[..]]
-        );
-        assert!(frames(b"\0\0\0\0\x05hi").is_err());
-        assert!(frames(b"\x01\0\0\0\x02hi").is_err());
-        assert!(frames(b"\0\0").is_err());
+    fn frames_are_taken_whole_and_checked() {
+        let mut buf = BytesMut::from(&b"\0\0\0\0\x02hi\0\0\0\0\0\0\0"[..]);
+        assert_eq!(next_frame(&mut buf).unwrap().unwrap(), &b"hi"[..]);
+        assert_eq!(next_frame(&mut buf).unwrap().unwrap(), &b""[..]);
+        // Two bytes of the next header: wait for the rest.
+        assert_eq!(next_frame(&mut buf).unwrap(), None);
+        assert_eq!(&buf[..], b"\0\0");
+        // A frame longer than what came: wait.
+        let mut buf = BytesMut::from(&b"\0\0\0\0\x05hi"[..]);
+        assert_eq!(next_frame(&mut buf).unwrap(), None);
+        assert!(next_frame(&mut BytesMut::from(&b"\x01\0\0\0\x02hi"[..])).is_err());
+        assert!(next_frame(&mut BytesMut::from(&b"\0\xff\xff\xff\xff"[..])).is_err());
     }
 
     #[test]
