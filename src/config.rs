@@ -58,10 +58,16 @@ impl fmt::Display for ConfigErrors {
                 Some(line) => write!(f, "{}:{line}: ", self.source)?,
                 None => write!(f, "{}: ", self.source)?,
             }
-            if e.path.is_empty() {
-                writeln!(f, "{}", e.message)?;
+            // One error a line (SPEC section 8), whatever a message holds.
+            let message = if e.message.contains('\n') {
+                e.message.split_whitespace().collect::<Vec<_>>().join(" ")
             } else {
-                writeln!(f, "{}: {}", e.path, e.message)?;
+                e.message.clone()
+            };
+            if e.path.is_empty() {
+                writeln!(f, "{message}")?;
+            } else {
+                writeln!(f, "{}: {message}", e.path)?;
             }
         }
         let n = self.errors.len();
@@ -372,6 +378,46 @@ pub fn load_document(
     }
 }
 
+/// At most this many errors are reported for one section or list item.
+const MAX_ERRORS_PER_ITEM: usize = 50;
+
+/// Deserializes `node` (found at `path`), recording its errors. serde stops
+/// at an item's first bad field, so after each error the field it names is
+/// dropped from a copy and the item is read again: every bad field is
+/// reported, not only the first. A required field dropped that way ends
+/// the search (its absence is a consequence, not another error), as does
+/// an error that names no field (the item is wrong as a whole, or a list
+/// item: dropping one would shift the indexes of the next).
+fn every_error<T: serde::de::DeserializeOwned>(
+    node: &yaml::Node,
+    path: &str,
+    record: &mut dyn FnMut(de::DeError),
+) -> Option<T> {
+    let mut error = match de::from_node(node, path) {
+        Ok(v) => return Some(v),
+        Err(e) => e,
+    };
+    let mut copy: Option<yaml::Node> = None;
+    let mut dropped: Vec<String> = Vec::new();
+    for _ in 0..MAX_ERRORS_PER_ITEM {
+        let at = error.path.clone().unwrap_or_default();
+        if dropped.contains(&at) {
+            return None;
+        }
+        record(error);
+        let copy = copy.get_or_insert_with(|| node.clone());
+        match at.strip_prefix(path) {
+            Some(rel) if copy.remove_path(rel) => dropped.push(at),
+            _ => return None,
+        }
+        error = match de::from_node::<T>(copy, path) {
+            Ok(_) => return None,
+            Err(e) => e,
+        };
+    }
+    None
+}
+
 /// Deserializes the top-level sections one by one (and list items one by
 /// one) so one bad route does not hide the errors of the next.
 fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Config> {
@@ -439,10 +485,7 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
         match root.get(key) {
             None => T::default(),
             Some(n) if n.is_null() => T::default(),
-            Some(n) => de::from_node(n, key).unwrap_or_else(|e| {
-                record(e);
-                T::default()
-            }),
+            Some(n) => every_error(n, key, record).unwrap_or_default(),
         }
     }
 
@@ -468,7 +511,7 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             crate::yielding::point();
-            if let Ok(v) = de::from_node(item, &format!("{key}[{i}]")).map_err(&mut *record) {
+            if let Some(v) = every_error(item, &format!("{key}[{i}]"), record) {
                 out.push(v);
             }
         }
@@ -548,6 +591,40 @@ mod tests {
         assert_eq!(err.errors[1].path, "routes[1].timeout");
         assert_eq!(err.errors[1].line, Some(6));
         assert!(err.to_string().ends_with("2 errors"));
+    }
+
+    #[test]
+    fn every_bad_field_of_one_item_is_reported() {
+        let text = "version: 1\nserver:\n  limits:\n    max_request_body_bytes: 10XB\n    header_read_timeout: 10\n    idle_timout: 5s\nroutes:\n  - name: a\n    match: {paths: [/a], methds: [GET]}\n    timeout: soon\n    upstream: u\n";
+        let err = load(text).unwrap_err();
+        let paths: Vec<_> = err.errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            paths,
+            [
+                ("server.limits.max_request_body_bytes", Some(4)),
+                ("server.limits.header_read_timeout", Some(5)),
+                ("server.limits.idle_timout", Some(6)),
+                ("routes[0].match.methds", Some(9)),
+                ("routes[0].timeout", Some(10)),
+            ],
+            "{err}"
+        );
+        // A required field that is wrong is one error, not also "missing".
+        let err = load("version: 1\nroutes:\n  - name: a\n    match: 5\n    timeout: soon\n").unwrap_err();
+        let paths: Vec<_> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["routes[0].match", "routes[0].timeout"], "{err}");
+        assert!(!err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn errors_inside_one_or_many_are_precise() {
+        let err =
+            load("version: 1\nplugins:\n  rate_limit: [{rate: 10/s, burst: 5}, {rate: 10/x, burst: 5}]\n")
+                .unwrap_err();
+        assert_eq!(err.errors[0].path, "plugins.rate_limit[1].rate", "{err}");
+        assert!(err.errors[0].message.contains("invalid rate"), "{err}");
+        let err = load("version: 1\nplugins:\n  rate_limit: {rate: 10/s, burts: 5}\n").unwrap_err();
+        assert_eq!(err.errors[0].path, "plugins.rate_limit.burts", "{err}");
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl PathPattern {
         }
         if let Some(r) = s.strip_prefix('~') {
             let r = r.trim();
-            Regex::new(r).map_err(|e| format!("invalid regex: {e}"))?;
+            Regex::new(r).map_err(|e| format!("invalid regex: {}", regex_error(&e)))?;
             return Ok(PathPattern::Regex(r.to_string()));
         }
         if !s.starts_with('/') {
@@ -376,7 +376,10 @@ impl RouteTable {
                     Some(re) => match Regex::new(re) {
                         Ok(re) => HeaderMatch::Regex(re),
                         Err(e) => {
-                            errors.push((*route, format!("match.headers.{name}: invalid regex: {e}")));
+                            errors.push((
+                                *route,
+                                format!("match.headers.{name}: invalid regex: {}", regex_error(&e)),
+                            ));
                             continue;
                         }
                     },
@@ -727,6 +730,19 @@ struct Best {
     entry: Option<u32>,
     rank: u128,
     allow: u16,
+}
+
+/// A regex error in one line: the regex crate's syntax errors span three
+/// (the pattern, a caret, the reason); the reason is what is kept.
+fn regex_error(e: &regex::Error) -> String {
+    match e {
+        regex::Error::Syntax(text) => text
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .unwrap_or(text)
+            .to_string(),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,17 @@ fn semantic_errors_and_unbuilt_capabilities_are_named() {
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+    // Routes are compiled once the config is otherwise sound: a bad regex,
+    // with the regex crate's three-line message as one line (one error a
+    // line, SPEC section 8).
+    let (code, _, err) = validate(
+        "version: 1\nroutes:\n  - name: a\n    match: {paths: [\"~ ([\"]}\n    respond: {status: 200}\n",
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        err, "FILE:4: routes[0].match.paths[0]: invalid regex: unclosed character class\n1 error\n",
+        "{err}"
+    );
     // Plugin options are checked once the structure is sound.
     let (code, _, err) = validate("version: 1\nplugins:\n  compression: {algorithms: [zstd]}\n");
     assert_eq!(code, 1);

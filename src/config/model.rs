@@ -566,11 +566,35 @@ pub struct PluginsConfig {
     pub compression: Option<CompressionConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+// One item (a mapping) or a list of them. Deserialized by the node's kind,
+// so an error inside names the item's field and line (serde's untagged
+// enums only say that no variant matched). Not a doc comment: schemars
+// would put it in the published schema.
+#[derive(Debug, Clone, JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+        struct Kind<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Kind<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping or a list of mappings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(OneOrMany::One)
+            }
+        }
+        d.deserialize_any(Kind(std::marker::PhantomData))
+    }
 }
 
 impl<T> OneOrMany<T> {

@@ -66,6 +66,53 @@ impl Node {
         }
     }
 
+    /// Removes the mapping entry at `path` below this node (`.a.b`,
+    /// `[0].c`: an error's path with its item's prefix taken off). Only
+    /// mapping keys go, never list items (that would shift the indexes
+    /// later errors are reported at). Whether one was removed.
+    pub fn remove_path(&mut self, path: &str) -> bool {
+        let mut node = self;
+        let mut rest = path;
+        loop {
+            if let Some(after) = rest.strip_prefix('[') {
+                let Some((index, tail)) = after.split_once(']') else {
+                    return false;
+                };
+                let (Ok(i), NodeKind::Seq(items)) = (index.parse::<usize>(), &mut node.kind) else {
+                    return false;
+                };
+                let Some(item) = items.get_mut(i) else {
+                    return false;
+                };
+                if tail.is_empty() {
+                    return false;
+                }
+                node = item;
+                rest = tail;
+            } else if let Some(after) = rest.strip_prefix('.') {
+                let end = after.find(['.', '[']).unwrap_or(after.len());
+                let (key, tail) = after.split_at(end);
+                let NodeKind::Map(entries) = &mut node.kind else {
+                    return false;
+                };
+                let Some(at) = entries
+                    .iter()
+                    .position(|(k, _)| matches!(&k.kind, NodeKind::Scalar { value, .. } if value == key))
+                else {
+                    return false;
+                };
+                if tail.is_empty() {
+                    entries.remove(at);
+                    return true;
+                }
+                node = &mut entries[at].1;
+                rest = tail;
+            } else {
+                return false;
+            }
+        }
+    }
+
     pub fn describe(&self) -> &'static str {
         match &self.kind {
             NodeKind::Scalar { .. } if self.is_null() => "null",
