@@ -65,6 +65,9 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, headers: &[String]) -> Res
                 json: json!({
                     "request": {"method": method.as_str(), "host": host, "path": raw_path},
                     "route": null,
+                    "upstream": null,
+                    "upstream_path": null,
+                    "plugins": [],
                     "refused": {"status": 400, "type": "urn:portcullis:error:invalid-path", "detail": e.describe()},
                 }),
                 routed: false,
@@ -115,6 +118,9 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, headers: &[String]) -> Res
                 json: json!({
                     "request": request,
                     "route": null,
+                    "upstream": null,
+                    "upstream_path": null,
+                    "plugins": [],
                     "candidates": candidates,
                     "refused": {
                         "status": 405,
@@ -136,6 +142,9 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, headers: &[String]) -> Res
                 json: json!({
                     "request": request,
                     "route": null,
+                    "upstream": null,
+                    "upstream_path": null,
+                    "plugins": [],
                     "candidates": candidates,
                     "refused": {"status": 404, "type": "urn:portcullis:error:route-not-found"},
                     "nearest": nearest,
@@ -181,11 +190,17 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, headers: &[String]) -> Res
         }
     };
     Ok(Explanation {
+        // SPEC section 1: `route`, `upstream`, `upstream_path` and `plugins`
+        // at the top (null where the route calls no single upstream); the
+        // rest is detail.
         json: json!({
             "request": request,
-            "route": {"name": &*route.name, "index": found.route, "captures": captures},
-            "candidates": candidates,
+            "route": &*route.name,
+            "upstream": action["upstream"].clone(),
+            "upstream_path": action["upstream_path"].clone(),
             "plugins": route.pipeline.names(),
+            "match": {"index": found.route, "captures": captures},
+            "candidates": candidates,
             "action": action,
         }),
         routed: true,
@@ -232,12 +247,13 @@ pub fn text(e: &Explanation) -> String {
             out.push('\n');
         }
         route => {
+            let found = &j["match"];
             out.push_str(&format!(
                 "route     {} (routes[{}])\n",
-                s(&route["name"]),
-                s(&route["index"])
+                s(route),
+                s(&found["index"])
             ));
-            if let Some(c) = route["captures"].as_object().filter(|c| !c.is_empty()) {
+            if let Some(c) = found["captures"].as_object().filter(|c| !c.is_empty()) {
                 let list: Vec<String> = c.iter().map(|(k, v)| format!("{k}={}", s(v))).collect();
                 out.push_str(&format!("          captures {}\n", list.join(", ")));
             }
@@ -261,7 +277,7 @@ pub fn text(e: &Explanation) -> String {
             out.push_str(&format!("    {:<20} \"{}\"\n", s(&n["route"]), s(&n["path"])));
         }
     }
-    if let Some(plugins) = j["plugins"].as_array() {
+    if let Some(plugins) = j["plugins"].as_array().filter(|_| j["route"].is_string()) {
         let names: Vec<Cow<'_, str>> = plugins.iter().map(s).collect();
         let chain = if names.is_empty() {
             "(none)".to_string()

@@ -368,10 +368,23 @@ fn explain_says_which_route_and_why_the_others_did_not() {
     let (code, out) = explain(yaml, &["DELETE", "/api/users/7", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["route"]["name"], "writes");
-    assert_eq!(v["action"]["upstream"], "admin");
-    assert_eq!(v["action"]["upstream_path"], "/api/users/7");
+    // The keys SPEC section 1 names, at the top.
+    assert_eq!(v["route"], "writes");
+    assert_eq!(v["upstream"], "admin");
+    assert_eq!(v["upstream_path"], "/api/users/7");
+    assert_eq!(v["plugins"], serde_json::json!([]));
     assert_eq!(v["request"]["method"], "DELETE");
+    let (_, out) = explain(yaml, &["GET", "/api/users/7", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["route"], "one-user");
+    assert_eq!(v["plugins"], serde_json::json!(["api_key", "rate_limit"]));
+    assert_eq!(v["upstream_path"], "/v2/users/7");
+    assert_eq!(v["match"]["captures"]["id"], "7");
+    let (code, out) = explain(yaml, &["GET", "/api/orders/7", "--json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["route"], serde_json::Value::Null);
+    assert_eq!(v["upstream"], serde_json::Value::Null);
 
     // No route: said so, with the nearest ones; exit 1.
     let (code, out) = explain(yaml, &["GET", "/api/orders/7"]);

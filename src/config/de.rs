@@ -89,15 +89,30 @@ impl de::Error for DeError {
     }
 }
 
-/// The closest of `candidates` to `word`, if it is close enough to be a typo.
+/// The closest of `candidates` to `word`, if it is close enough to be a
+/// typo, or else one that `word` only dresses up with another gateway's
+/// prefix or suffix (`allow_origins` for `origins`, `max_age_seconds` for
+/// `max_age`).
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let candidates: Vec<&str> = candidates.into_iter().collect();
     let max = (word.len() / 3).max(2);
     candidates
-        .into_iter()
-        .map(|c| (levenshtein(word, c), c))
+        .iter()
+        .map(|c| (levenshtein(word, c), *c))
         .filter(|(d, _)| *d <= max)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+        .or_else(|| {
+            candidates
+                .iter()
+                .filter(|c| c.len() >= 4)
+                .filter(|c| {
+                    word.strip_suffix(**c).is_some_and(|rest| rest.ends_with('_'))
+                        || word.strip_prefix(**c).is_some_and(|rest| rest.starts_with('_'))
+                })
+                .max_by_key(|c| c.len())
+                .copied()
+        })
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -579,5 +594,13 @@ mod tests {
     fn suggestions() {
         assert_eq!(did_you_mean("upstrem", ["upstream", "routes"]), Some("upstream"));
         assert_eq!(did_you_mean("zzzzzz", ["upstream", "routes"]), None);
+        let cors = ["origins", "methods", "headers", "expose_headers", "max_age"];
+        assert_eq!(did_you_mean("allow_origins", cors), Some("origins"));
+        assert_eq!(
+            did_you_mean("access_control_expose_headers", cors),
+            Some("expose_headers")
+        );
+        assert_eq!(did_you_mean("max_age_seconds", cors), Some("max_age"));
+        assert_eq!(did_you_mean("origin_list_x", cors), None);
     }
 }
