@@ -117,6 +117,21 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
+/// Writes `bytes` to stdout. A reader that stops early (`| head`) is not
+/// an error and no panic (what `print!` does): the rest is dropped.
+fn emit(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write to stdout: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -145,16 +160,15 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Version => {
-            println!("portcullis {}", env!("CARGO_PKG_VERSION"));
-            println!(
-                "features: http1, h2c, tls, routing, load-balancing, retries, health-checks, circuit-breaker, hot-reload, admin-api, prometheus-metrics, access-log, otlp-traces, websocket, grpc, grpc-web, grpc-transcode, aggregate"
-            );
-            println!(
-                "plugins: ip_restriction, waf, cors, api_key, jwt, phantom_token, hmac_auth, acl, rate_limit, request_validation, request_transform, cache, response_transform, compression"
-            );
-            ExitCode::SUCCESS
-        }
+        Command::Version => emit(
+            format!(
+                "portcullis {}\n\
+                 features: http1, h2c, tls, routing, load-balancing, retries, health-checks, circuit-breaker, hot-reload, admin-api, prometheus-metrics, access-log, otlp-traces, websocket, grpc, grpc-web, grpc-transcode, aggregate\n\
+                 plugins: ip_restriction, waf, cors, api_key, jwt, phantom_token, hmac_auth, acl, rate_limit, request_validation, request_transform, cache, response_transform, compression\n",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_bytes(),
+        ),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let shell = match shell {
@@ -162,8 +176,9 @@ pub fn main() -> ExitCode {
                 Shell::Zsh => clap_complete::Shell::Zsh,
                 Shell::Fish => clap_complete::Shell::Fish,
             };
-            clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut script);
+            emit(&script)
         }
         Command::Demo { port } => {
             init_logging(cli.log_format, &cli.log_level);
@@ -202,15 +217,15 @@ pub fn main() -> ExitCode {
             };
             match crate::explain::explain(&runtime, &method, &url, &headers) {
                 Ok(e) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&e.json).unwrap_or_default());
+                    let text = if json {
+                        serde_json::to_string_pretty(&e.json).unwrap_or_default() + "\n"
                     } else {
-                        print!("{}", crate::explain::text(&e));
-                    }
-                    if e.routed {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
+                        crate::explain::text(&e)
+                    };
+                    match emit(text.as_bytes()) {
+                        code if code != ExitCode::SUCCESS => code,
+                        _ if e.routed => ExitCode::SUCCESS,
+                        _ => ExitCode::from(1),
                     }
                 }
                 Err(e) => {
@@ -221,16 +236,16 @@ pub fn main() -> ExitCode {
         }
         Command::Schema { markdown } => {
             if markdown {
-                print!("{}", crate::config::reference_markdown());
+                emit(crate::config::reference_markdown().as_bytes())
             } else {
-                println!("{}", crate::config::json_schema());
+                emit((crate::config::json_schema() + "\n").as_bytes())
             }
-            ExitCode::SUCCESS
         }
         Command::Man => {
             use clap::CommandFactory;
-            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => emit(&page),
                 Err(e) => {
                     eprintln!("cannot write the man page: {e}");
                     ExitCode::from(1)
@@ -238,15 +253,15 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Validate { config } => match crate::snapshot::load(&config) {
-            Ok((loaded, runtime)) => {
-                println!(
-                    "{}: ok ({} routes, {} upstreams)",
+            Ok((loaded, runtime)) => emit(
+                format!(
+                    "{}: ok ({} routes, {} upstreams)\n",
                     loaded.source,
                     runtime.routes.len(),
                     runtime.upstreams.len()
-                );
-                ExitCode::SUCCESS
-            }
+                )
+                .as_bytes(),
+            ),
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(1)

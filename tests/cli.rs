@@ -405,3 +405,27 @@ fn explain_says_which_route_and_why_the_others_did_not() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a header"));
 }
+
+#[test]
+fn output_to_a_reader_that_stopped_is_no_panic() {
+    // `| head`: the read end is gone before anything is written.
+    for args in [
+        &["completions", "bash"][..],
+        &["schema"],
+        &["schema", "--markdown"],
+        &["man"],
+        &["version"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(bin())
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}
