@@ -42,6 +42,9 @@ async fn proxies_http1_and_h2c_on_one_port() {
     assert_eq!(up.count(), 2);
 }
 
+/// A client's trace context (the W3C spec's example).
+const CLIENT_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 #[tokio::test]
 async fn forwarding_headers_request_id_and_traceparent() {
     let (gw, up) = one_route("", "").await;
@@ -52,10 +55,7 @@ async fn forwarding_headers_request_id_and_traceparent() {
             .header("x-forwarded-for", "6.6.6.6")
             .header("x-forwarded-host", "evil.example")
             .header("x-request-id", "client-chosen")
-            .header(
-                "traceparent",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            )
+            .header("traceparent", CLIENT_TRACEPARENT)
             .body(Full::default())
             .unwrap(),
     )
@@ -116,10 +116,7 @@ async fn trusted_proxies_append_and_trusted_request_ids() {
             .header("x-forwarded-proto", "https")
             .header("x-real-ip", "203.0.113.9")
             .header("x-hop", "1")
-            .header(
-                "traceparent",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            )
+            .header("traceparent", CLIENT_TRACEPARENT)
             .body(Full::default())
             .unwrap(),
     )
