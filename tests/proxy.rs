@@ -330,6 +330,26 @@ async fn respond_routes_answer_without_an_upstream() {
     assert_eq!(r.header("x-a"), "b");
     assert_eq!(r.header("x-request-id").len(), 32);
     get(&gw.url("/ping/x")).await.problem(404, "route-not-found");
+
+    // HEAD: the headers a GET gets, its length included, and no body, over
+    // both protocols (HTTP/2 sent the body: a protocol error).
+    let (resp, _) = raw(
+        gw.addr(),
+        b"HEAD /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    assert!(resp.contains("content-length: 4\r\n"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\n"), "a body came: {resp:?}");
+    let r = send(
+        &client_h2(),
+        req("HEAD", &gw.url("/ping")).body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("content-length"), "4");
+    assert!(r.body.is_empty(), "{:?}", r.body);
 }
 
 #[tokio::test]

@@ -550,7 +550,12 @@ where
     let bodiless =
         status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if answer.to_head || bodiless {
-        if let Some(n) = length.filter(|_| status != StatusCode::NO_CONTENT) {
+        // HEAD: the length a GET would have had. The upstream's field says
+        // it; a body of the gateway's own (a `respond:` route, a problem)
+        // says it by its size. An upstream's answer to HEAD has an empty
+        // body, which says nothing.
+        let own = || body.size_hint().exact().filter(|&n| n > 0 && answer.to_head);
+        if let Some(n) = length.or_else(own).filter(|_| status != StatusCode::NO_CONTENT) {
             put_length(out, n);
         }
         OutFraming::None

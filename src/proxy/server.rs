@@ -398,8 +398,23 @@ where
                 }
                 let (runtime, info, tracker) = (runtime.clone(), info.clone(), svc_tracker.clone());
                 async move {
+                    let head = req.method() == http::Method::HEAD;
                     let req = req.map(ClientBody::Hyper);
-                    Ok::<_, Infallible>(respond(&runtime, &info, &tracker, req).await)
+                    let mut resp = respond(&runtime, &info, &tracker, req).await;
+                    if head {
+                        // hyper leaves out a HEAD answer's body over HTTP/1.1
+                        // only; over HTTP/2 it would send it (a protocol
+                        // error). The headers stay, with the length a GET's
+                        // body would have had.
+                        let exact = resp.body().size_hint().exact().filter(|&n| n > 0);
+                        if let Some(n) =
+                            exact.filter(|_| !resp.headers().contains_key(http::header::CONTENT_LENGTH))
+                        {
+                            resp.headers_mut().insert(http::header::CONTENT_LENGTH, n.into());
+                        }
+                        resp.body_mut().inner = ResponseBody::Full(None);
+                    }
+                    Ok::<_, Infallible>(resp)
                 }
             });
             // With upgrades: a WebSocket's 101 hands the connection to its tunnel.
