@@ -75,6 +75,11 @@ pub struct Control {
     /// The runtime the data plane runs on: a new config's background work
     /// (key set downloads) is started there.
     tokio: Option<tokio::runtime::Handle>,
+    /// The errors of the last refused change, until one is applied. The
+    /// file watch sees every change in the config's directory (other files,
+    /// a log written there): a file still refused for the same errors is
+    /// not logged nor counted again.
+    last_refusal: std::sync::Mutex<Option<String>>,
 }
 
 /// A document's version: a hash of its text.
@@ -101,6 +106,7 @@ impl Control {
             file,
             started: Instant::now(),
             tokio: tokio::runtime::Handle::try_current().ok(),
+            last_refusal: std::sync::Mutex::new(None),
         }
     }
 
@@ -298,6 +304,7 @@ impl Control {
             },
         );
         replaced.loaded.release();
+        *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
         crate::telemetry::metrics().config_reload(true);
         let elapsed = started.elapsed();
         retire(old);
@@ -313,12 +320,18 @@ impl Control {
     }
 
     fn refused(&self, origin: Origin, errors: ConfigErrors) -> ApplyError {
-        crate::telemetry::metrics().config_reload(false);
-        tracing::warn!(
-            ?origin,
-            errors = errors.errors.len(),
-            "config change refused; the config in force keeps serving:\n{errors}"
-        );
+        let text = errors.to_string();
+        let mut last = self.last_refusal.lock().unwrap_or_else(|p| p.into_inner());
+        let repeated = last.as_deref() == Some(text.as_str());
+        if !(repeated && origin == Origin::File) {
+            crate::telemetry::metrics().config_reload(false);
+            tracing::warn!(
+                ?origin,
+                errors = errors.errors.len(),
+                "config change refused; the config in force keeps serving:\n{text}"
+            );
+        }
+        *last = Some(text);
         ApplyError::Invalid(errors)
     }
 }

@@ -95,6 +95,37 @@ async fn file_changes_reload_and_bad_ones_are_refused() {
         1.0,
         "{m}"
     );
+
+    // Other files changing in the config's directory make the watch read
+    // it again: a file still refused for the same errors is not logged
+    // nor counted again.
+    let dir = gw.config_path.parent().unwrap().to_path_buf();
+    for i in 0..5 {
+        std::fs::write(dir.join("neighbour.txt"), format!("{i}")).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let refusals = || {
+        gw.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("config change refused"))
+            .count()
+    };
+    assert_eq!(refusals(), 1);
+    let m = metrics(&gw).await;
+    assert_eq!(
+        sample(&m, r#"portcullis_config_reloads_total{result="failure"}"#),
+        1.0,
+        "{m}"
+    );
+    // Another error is news.
+    std::fs::write(
+        &gw.config_path,
+        "version: 1\nroutes:\n  - name: a\n    upstream: missing\n",
+    )
+    .unwrap();
+    eventually("the new refusal is logged", || async { refusals() == 2 }).await;
 }
 
 #[tokio::test]
