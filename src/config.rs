@@ -229,6 +229,8 @@ pub fn reference_markdown() -> String {
                     } else {
                         match p.get("default") {
                             None | Some(Value::Null) => "–".to_string(),
+                            // As YAML writes it: `30s`, not `"30s"`.
+                            Some(Value::String(d)) => format!("`{d}`"),
                             Some(d) => format!("`{d}`"),
                         }
                     };
@@ -614,6 +616,20 @@ mod tests {
         let paths: Vec<_> = err.errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["routes[0].match", "routes[0].timeout"], "{err}");
         assert!(!err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_circuit_breaker_takes_the_spec_example_values() {
+        let loaded = load(
+            "version: 1\nupstreams:\n  - name: u\n    targets: [{url: http://127.0.0.1:1}]\n    circuit_breaker: {open_for: 5s}\n",
+        )
+        .unwrap();
+        let b = loaded.config.upstreams[0].circuit_breaker.clone().unwrap();
+        assert_eq!(b.failure_rate, 0.5);
+        assert_eq!(b.min_requests, 20);
+        assert_eq!(b.window, types::Duration::secs(10));
+        assert_eq!(b.open_for, types::Duration::secs(5));
+        assert_eq!(b.half_open_requests, 3);
     }
 
     #[test]

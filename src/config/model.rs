@@ -382,18 +382,32 @@ pub struct PassiveHealthCheckConfig {
     pub timeout_threshold: u32,
 }
 
+/// Each field may be left out: `circuit_breaker: {}` turns the breaker on
+/// with the values of SPEC section 2's example.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakerConfig {
     pub failure_rate: f64,
     pub min_requests: u32,
     pub window: Duration,
     pub open_for: Duration,
     pub half_open_requests: u32,
-    #[serde(default)]
     pub slow_call_threshold: Option<Duration>,
-    #[serde(default)]
     pub failure_statuses: Option<Vec<u16>>,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            failure_rate: 0.5,
+            min_requests: 20,
+            window: Duration::secs(10),
+            open_for: Duration::secs(30),
+            half_open_requests: 3,
+            slow_call_threshold: None,
+            failure_statuses: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -67,9 +67,39 @@ impl fmt::Display for Duration {
     }
 }
 
+/// As a config writes it, in the largest whole unit (`30s`, `250ms`): the
+/// defaults the JSON Schema and the config reference show.
+impl serde::Serialize for Duration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ms = self.0.as_millis();
+        let text = match ms {
+            0 => "0".to_string(),
+            _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+            _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+            _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+            _ => format!("{ms}ms"),
+        };
+        s.serialize_str(&text)
+    }
+}
+
 /// A size in bytes: an integer or `16KiB`, `10MiB`, `1GiB` (also `KB`, `MB`, `GB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
+
+/// In the largest whole binary unit (`32KiB`, `10MiB`), else in bytes.
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = self.0;
+        match [(30, "GiB"), (20, "MiB"), (10, "KiB")]
+            .into_iter()
+            .find(|(shift, _)| n > 0 && n.is_multiple_of(1 << shift))
+        {
+            Some((shift, unit)) => s.serialize_str(&format!("{}{unit}", n >> shift)),
+            None => s.serialize_u64(n),
+        }
+    }
+}
 
 impl FromStr for ByteSize {
     type Err = String;
@@ -238,6 +268,30 @@ impl schemars::JsonSchema for Cidr {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn defaults_serialize_as_a_config_writes_them() {
+        use super::{ByteSize, Duration};
+        fn json<T: serde::Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap()
+        }
+        assert_eq!(json(&Duration::secs(30)), r#""30s""#);
+        assert_eq!(json(&Duration::secs(3600)), r#""1h""#);
+        assert_eq!(json(&Duration::secs(300)), r#""5m""#);
+        assert_eq!(
+            json(&Duration(std::time::Duration::from_millis(250))),
+            r#""250ms""#
+        );
+        assert_eq!(json(&Duration::secs(0)), r#""0""#);
+        assert_eq!(json(&ByteSize(32 << 10)), r#""32KiB""#);
+        assert_eq!(json(&ByteSize(10 << 20)), r#""10MiB""#);
+        assert_eq!(json(&ByteSize(1000)), "1000");
+        // What is written reads back as the same value.
+        for d in ["30s", "1h", "5m", "250ms"] {
+            let v: Duration = d.parse().unwrap();
+            assert_eq!(json(&v), format!("\"{d}\""));
+        }
+    }
+
     use super::*;
 
     #[test]
