@@ -422,10 +422,11 @@ impl Binding {
             ndjson,
             written: 0,
             finished: false,
+            pending: None,
         };
         // Up to the first message (or the end), the status can still
         // become the answer's; a unary answer is read whole.
-        let mut first = std::future::poll_fn(|cx| json.poll_next(cx)).await?;
+        let first = std::future::poll_fn(|cx| json.poll_next(cx)).await?;
         if !json.streaming {
             let rest = std::future::poll_fn(|cx| json.poll_next(cx)).await?;
             if rest.is_some() || json.written != 1 {
@@ -440,34 +441,15 @@ impl Binding {
         } else {
             "application/json"
         };
-        let first_len = first.as_ref().map_or(0, Bytes::len);
         let (body, length) = if json.finished {
-            (
-                ResponseBody::full(first.take().unwrap_or_default()),
-                Some(first_len),
-            )
+            let whole = first.unwrap_or_default();
+            let n = whole.len();
+            (ResponseBody::full(whole), Some(n))
         } else {
             // The rest as it comes: after this, a status other than OK can
             // only cut the answer short (see `JsonStream`).
-            let rest = futures_util::stream::unfold((first, json), |(first, mut json)| async move {
-                if let Some(chunk) = first {
-                    return Some((Ok(http_body::Frame::data(chunk)), (None, json)));
-                }
-                match std::future::poll_fn(|cx| json.poll_next(cx)).await {
-                    Ok(Some(chunk)) => Some((Ok(http_body::Frame::data(chunk)), (None, json))),
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::debug!(error = ?e, "a transcoded server stream failed after its first message");
-                        json.finished = true;
-                        Some((Err(crate::body::BoxError::from(format!("{e:?}"))), (None, json)))
-                    }
-                }
-            });
-            let body = http_body_util::StreamBody::new(rest);
-            (
-                ResponseBody::Wrapped(http_body_util::BodyExt::boxed_unsync(body)),
-                None,
-            )
+            json.pending = first;
+            (ResponseBody::wrap(json), None)
         };
         let mut resp = Response::new(body);
         let h = resp.headers_mut();
@@ -706,6 +688,33 @@ struct JsonStream {
     /// Messages converted so far.
     written: usize,
     finished: bool,
+    /// JSON read before the answer's head went out, sent first.
+    pending: Option<Bytes>,
+}
+
+/// The client's body, once the head is out.
+impl http_body::Body for JsonStream {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let chunk = match this.pending.take() {
+            Some(chunk) => Ok(Some(chunk)),
+            None => std::task::ready!(this.poll_next(cx)),
+        };
+        std::task::Poll::Ready(match chunk {
+            Ok(chunk) => chunk.map(|c| Ok(http_body::Frame::data(c))),
+            Err(e) => {
+                tracing::debug!(error = ?e, "a transcoded server stream failed after its first message");
+                this.finished = true;
+                Some(Err(format!("{e:?}").into()))
+            }
+        })
+    }
 }
 
 impl JsonStream {
