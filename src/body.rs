@@ -377,7 +377,59 @@ pub fn find_cause<'a, T: std::error::Error + 'static>(
     None
 }
 
+/// `err` and its causes as one line, `outer: inner: root`, for logs: hyper
+/// and io errors say little alone ("connection error") and their `Debug`
+/// form is not meant for people. A cause whose text the line already ends
+/// with is not repeated.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cur = e.source();
+    }
+    line
+}
+
 /// Whether `err` (or anything in its source chain) is a `T`.
 pub fn caused_by<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
     find_cause::<T>(err).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error, &'static str);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.1)
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_chain_reads_outer_to_root_without_repeating_a_cause() {
+        let reset = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert_eq!(
+            chain(&Outer(reset(), "connection error")),
+            "connection error: reset by peer"
+        );
+        // An outer error that already quotes its cause.
+        assert_eq!(
+            chain(&Outer(reset(), "sending: reset by peer")),
+            "sending: reset by peer"
+        );
+    }
 }

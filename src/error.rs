@@ -69,6 +69,20 @@ pub enum GatewayError {
     Unavailable { plugin: &'static str, cause: String },
 }
 
+/// For the log: what the client is told and, for a failure behind the
+/// gateway, the cause it is not told.
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GatewayError::UpstreamConnect(cause) | GatewayError::UpstreamProtocol(cause) => {
+                write!(f, "{} ({cause})", self.detail())
+            }
+            GatewayError::Unavailable { plugin, cause } => write!(f, "{plugin}: {cause}"),
+            _ => f.write_str(&self.detail()),
+        }
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -198,10 +212,10 @@ impl GatewayError {
         let status = self.status();
         match self.side() {
             Side::Upstream => {
-                tracing::warn!(request_id = crate::telemetry::id_text(request_id), error = ?self, "upstream call failed")
+                tracing::warn!(request_id = crate::telemetry::id_text(request_id), error = %self, "upstream call failed")
             }
             Side::Gateway => {
-                tracing::error!(request_id = crate::telemetry::id_text(request_id), error = ?self, "a service the gateway depends on failed")
+                tracing::error!(request_id = crate::telemetry::id_text(request_id), error = %self, "a service the gateway depends on failed")
             }
             Side::Downstream => {}
         }

@@ -337,3 +337,120 @@ async fn a_reused_connection_times_out_each_answer_from_its_own_request() {
         "{took:?}"
     );
 }
+
+/// An upstream that closes kept-alive connections as requests cross them:
+/// `answers(n)` says whether the `n`th request of all (0-based) is answered;
+/// one that is not is read and then the connection is closed, with a reset
+/// when `n % 4 == 1`. Records each request line it read.
+async fn closing_upstream(
+    answers: fn(usize) -> bool,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (log, count) = (seen.clone(), accepted.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let conn = count.fetch_add(1, Ordering::SeqCst);
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(end) = read_until(&mut s, &mut buf, b"\r\n\r\n", 0).await {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.clear();
+                    let n = {
+                        let mut seen = log.lock().unwrap();
+                        seen.push(head.lines().next().unwrap_or_default().to_string());
+                        seen.len() - 1
+                    };
+                    if !answers(n) {
+                        if n % 4 == 1 {
+                            s.set_zero_linger().unwrap();
+                        }
+                        return;
+                    }
+                    let body = format!("conn {conn}");
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen, accepted)
+}
+
+#[tokio::test]
+async fn an_idempotent_request_on_a_connection_closed_under_it_goes_on_a_new_one() {
+    // Every connection answers its first request and drops its second.
+    let (addr, seen, accepted) = closing_upstream(|n| n % 2 == 0).await;
+    let gw = Gateway::start(&config(
+        &format!("  - name: a\n    targets: [{{url: \"http://{addr}\"}}]\n"),
+        "  - name: r\n    match: {paths: [\"/\"]}\n    upstream: a\n",
+        "",
+    ));
+    // Request 0 opens connection 0; request 1 goes on it and is dropped
+    // (a reset), so it is sent again on connection 1, which answers it.
+    assert_eq!(get(&gw.url("/a")).await.body, b"conn 0"[..]);
+    let r = get(&gw.url("/b")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"conn 1"[..]));
+    // Request 3 (DELETE, idempotent) on connection 1 is dropped with a FIN
+    // and sent again on connection 2.
+    let r = send(
+        &client_h1(),
+        req("DELETE", &gw.url("/c")).body(Default::default()).unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"conn 2"[..]));
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "GET /a HTTP/1.1",
+            "GET /b HTTP/1.1",
+            "GET /b HTTP/1.1",
+            "DELETE /c HTTP/1.1",
+            "DELETE /c HTTP/1.1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_request_closed_under_is_sent_again_only_when_idempotent_and_only_once() {
+    // Only the first request of all is answered.
+    let (addr, seen, accepted) = closing_upstream(|n| n == 0).await;
+    let gw = Gateway::start(&config(
+        &format!("  - name: a\n    targets: [{{url: \"http://{addr}\"}}]\n"),
+        "  - name: r\n    match: {paths: [\"/\"]}\n    upstream: a\n",
+        "",
+    ));
+    assert_eq!(get(&gw.url("/a")).await.status, 200);
+    // A POST on the kept-alive connection may have been acted on: not sent again.
+    post_as(&gw.url("/p"), Some("text/plain"), "x")
+        .await
+        .problem(502, "bad-gateway");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    // A GET dropped on a new connection is the upstream's failure, not a
+    // stale connection: sent once (the default retries cover only
+    // connect failures).
+    get(&gw.url("/g")).await.problem(502, "bad-gateway");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["GET /a HTTP/1.1", "POST /p HTTP/1.1", "GET /g HTTP/1.1"]
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // The log says why in words, not as a Rust debug dump.
+    let why = format!(
+        "\"error\":\"the upstream service sent an invalid response ({addr}: the connection closed before a response)\""
+    );
+    for _ in 0..50 {
+        if gw.logged(&why) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.logged(&why), "no log line with {why}");
+}

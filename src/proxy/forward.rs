@@ -385,6 +385,8 @@ fn call_error(e: CallError, route: &Route, target: &Target) -> GatewayError {
         {
             GatewayError::GatewayTimeout
         }
-        CallError::Exchange(e) => GatewayError::UpstreamProtocol(format!("{}: {e:?}", target.authority)),
+        CallError::Exchange(e) => {
+            GatewayError::UpstreamProtocol(format!("{}: {}", target.authority, crate::body::chain(&*e)))
+        }
     }
 }

@@ -709,9 +709,9 @@ impl http_body::Body for JsonStream {
         std::task::Poll::Ready(match chunk {
             Ok(chunk) => chunk.map(|c| Ok(http_body::Frame::data(c))),
             Err(e) => {
-                tracing::debug!(error = ?e, "a transcoded server stream failed after its first message");
+                tracing::debug!(error = %e, "a transcoded server stream failed after its first message");
                 this.finished = true;
-                Some(Err(format!("{e:?}").into()))
+                Some(Err(e.to_string().into()))
             }
         })
     }

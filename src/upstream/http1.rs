@@ -58,6 +58,11 @@ pub(super) struct Conn {
 pub(super) struct Failed {
     pub error: CallError,
     pub unsent: Option<Request<RequestBody>>,
+    /// A request without a body, written whole, on a connection the
+    /// upstream then closed or reset before one byte of answer: what an
+    /// upstream's idle timeout does to a request that crosses its close.
+    /// The request is handed back for the pool to judge (RFC 9112 §9.3.1).
+    pub unanswered: Option<Request<RequestBody>>,
 }
 
 impl Conn {
@@ -162,9 +167,23 @@ impl Conn {
                 return Err(Failed {
                     error,
                     unsent: Some(Request::from_parts(parts, body)),
+                    unanswered: None,
                 });
             }
-            Err(error) => return Err(Failed { error, unsent: None }),
+            Err(error) if head_only && self.read.is_empty() && closed_under(&error) => {
+                return Err(Failed {
+                    error,
+                    unsent: None,
+                    unanswered: Some(Request::from_parts(parts, body)),
+                });
+            }
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    unsent: None,
+                    unanswered: None,
+                });
+            }
         };
         crate::http1::recycle(std::mem::take(&mut parts.headers));
         let Head {
@@ -415,7 +434,10 @@ fn poll_head(
         }
         match ready!(poll_fill(io, read, want, cx)) {
             Ok(0) if read.is_empty() => {
-                return Poll::Ready(Err(protocol("the connection closed before a response")));
+                return Poll::Ready(Err(CallError::Exchange(Box::new(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection closed before a response",
+                )))));
             }
             Ok(0) => return Poll::Ready(Err(protocol("the connection closed inside the response head"))),
             Ok(_) => {}
@@ -423,6 +445,23 @@ fn poll_head(
             Err(e) => return Poll::Ready(Err(CallError::Exchange(e.into()))),
         }
     }
+}
+
+/// Whether the upstream closed or reset the connection (rather than
+/// answering badly or slowly).
+fn closed_under(error: &CallError) -> bool {
+    let CallError::Exchange(e) = error else {
+        return false;
+    };
+    e.downcast_ref::<io::Error>().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+        )
+    })
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).

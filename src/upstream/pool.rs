@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::http1;
+use super::{http1, retry};
 use crate::body::{BoxError, RequestBody};
 
 /// Why a call to an upstream failed.
@@ -231,8 +231,12 @@ impl Pool {
         if req.extensions().get::<UpgradeRequest>().is_some() {
             return self.send_upgrade(req, head_deadline).await;
         }
+        // Set once a pooled connection closed under a written request:
+        // that request goes on a new connection, so it is sent at most twice.
+        let mut redial = false;
         loop {
-            let (conn, fresh) = match self.idle.take() {
+            let pooled = if redial { None } else { self.idle.take() };
+            let (conn, fresh) = match pooled {
                 Some(c) => (c, false),
                 None => match self.connect().await {
                     Ok(io) => (http1::Conn::new(io), true),
@@ -246,7 +250,20 @@ impl Pool {
                 Err(http1::Failed {
                     unsent: Some(unsent), ..
                 }) if !fresh => req = unsent,
-                Err(http1::Failed { error, unsent }) => {
+                // A kept-alive connection the upstream closed as the request
+                // crossed it: the upstream dropped it unread, or at worst
+                // read it. An idempotent request may go again (RFC 9112
+                // §9.3.1; nginx and Go's client do the same); others get
+                // the error, as a fresh connection's failure does.
+                Err(http1::Failed {
+                    unanswered: Some(again),
+                    ..
+                }) if !fresh && retry::is_idempotent(again.method()) => {
+                    tracing::debug!(target = %self.authority, "a kept-alive connection closed under the request; sending it on a new one");
+                    req = again;
+                    redial = true;
+                }
+                Err(http1::Failed { error, unsent, .. }) => {
                     return Err(SendError {
                         error,
                         unsent: unsent.map(Box::new),
