@@ -135,7 +135,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, false).map_err(|e| SyntaxError {
-        line: e.marker().line() as u32,
+        line: error_line(text, e.marker().line()),
         message: e.info().to_string(),
     })?;
     if let Some(err) = builder.error {
@@ -145,6 +145,20 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
         line: 1,
         kind: NodeKind::Map(Vec::new()),
     }))
+}
+
+/// An error found at the end of the text (an unclosed `[` or `{`) is
+/// marked on the line after the last; the line to look at is the last one
+/// with something on it.
+fn error_line(text: &str, line: usize) -> u32 {
+    if line > 0 && line <= text.lines().count() {
+        return line as u32;
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .last()
+        .map_or(1, |(i, _)| i as u32 + 1)
 }
 
 enum Open {
@@ -358,6 +372,20 @@ fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_error_at_the_end_names_the_last_line_with_text() {
+        for text in [
+            "{\"version\": 1, \"routes\": [",
+            "{\"version\": 1, \"routes\": [\n",
+            "a: 1\nb: [\n\n  \n",
+        ] {
+            let line = if text.starts_with('a') { 2 } else { 1 };
+            assert_eq!(super::parse(text).unwrap_err().line, line, "{text:?}");
+        }
+        // An error inside the text keeps its own line.
+        assert_eq!(super::parse("a: 1\nb: [}\nc: 2\n").unwrap_err().line, 2);
+    }
+
     use super::*;
 
     fn env(name: &str) -> Option<String> {
