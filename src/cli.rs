@@ -255,10 +255,10 @@ pub fn main() -> ExitCode {
         Command::Validate { config } => match crate::snapshot::load(&config) {
             Ok((loaded, runtime)) => emit(
                 format!(
-                    "{}: ok ({} routes, {} upstreams)\n",
+                    "{}: ok ({}, {})\n",
                     loaded.source,
-                    runtime.routes.len(),
-                    runtime.upstreams.len()
+                    count(runtime.routes.len(), "route"),
+                    count(runtime.upstreams.len(), "upstream")
                 )
                 .as_bytes(),
             ),
@@ -313,6 +313,11 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `1 route`, `2 routes`.
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// SIGTERM or Ctrl-C.

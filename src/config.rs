@@ -355,8 +355,15 @@ pub fn load_document(
             message,
         })
         .collect();
+    let unset = errors.len();
 
     let config = parse_sections(&root, &mut errors);
+    // A value left as `${NAME}` fails to read too: its field is reported once.
+    if unset > 0 {
+        let reading = errors.split_off(unset);
+        let fields: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+        errors.extend(reading.into_iter().filter(|e| !fields.contains(&e.path)));
+    }
     let lines = de::line_index(&root);
     match config {
         Some(config) if errors.is_empty() => {
