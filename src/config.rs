@@ -356,35 +356,46 @@ pub fn load_document(
         })
         .collect();
     let unset = errors.len();
+    let mut partial = Partial::default();
+    partial.dropped.extend(errors.iter().map(|e| e.path.clone()));
 
-    let config = parse_sections(&root, &mut errors);
+    let config = parse_sections(&root, &mut errors, &mut partial);
     // A value left as `${NAME}` fails to read too: its field is reported once.
     if unset > 0 {
         let reading = errors.split_off(unset);
         let fields: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
         errors.extend(reading.into_iter().filter(|e| !fields.contains(&e.path)));
     }
+    let Some(config) = config else {
+        return Err(fail(errors));
+    };
     let lines = de::line_index(&root);
-    match config {
-        Some(config) if errors.is_empty() => {
-            let loaded = Loaded {
-                config,
-                document: root,
-                source: source.to_string(),
-                lines,
-            };
-            let problems = validate::validate(&loaded.config);
-            if problems.is_empty() {
-                Ok(loaded)
-            } else {
-                Err(loaded.locate(problems))
-            }
-        }
-        _ => {
-            errors.sort_by_key(|e| e.line.unwrap_or(0));
-            Err(fail(errors))
-        }
+    let loaded = Loaded {
+        config,
+        document: root,
+        source: source.to_string(),
+        lines,
+    };
+    if errors.is_empty() {
+        let problems = validate::validate(&loaded.config);
+        return if problems.is_empty() {
+            Ok(loaded)
+        } else {
+            Err(loaded.locate(problems))
+        };
     }
+    // Fields that did not read are reported; the checks across fields also
+    // run on the rest when every item read, so one round of fixes is
+    // enough. What a dropped field may have caused is not reported.
+    if !partial.lost {
+        let problems = validate::validate(&loaded.config)
+            .into_iter()
+            .filter(|p| !partial.covers(&p.path))
+            .collect();
+        errors.extend(loaded.locate(problems).errors);
+    }
+    errors.sort_by_key(|e| e.line.unwrap_or(0));
+    Err(fail(errors))
 }
 
 /// At most this many errors are reported for one section or list item.
@@ -397,10 +408,15 @@ const MAX_ERRORS_PER_ITEM: usize = 50;
 /// the search (its absence is a consequence, not another error), as does
 /// an error that names no field (the item is wrong as a whole, or a list
 /// item: dropping one would shift the indexes of the next).
+///
+/// What could be read without the bad fields is returned, their paths added
+/// to `partial.dropped`, for the checks across fields to look at the rest;
+/// `None` (the item lost) sets `partial.lost`.
 fn every_error<T: serde::de::DeserializeOwned>(
     node: &yaml::Node,
     path: &str,
     record: &mut dyn FnMut(de::DeError),
+    partial: &mut Partial,
 ) -> Option<T> {
     let mut error = match de::from_node(node, path) {
         Ok(v) => return Some(v),
@@ -408,28 +424,60 @@ fn every_error<T: serde::de::DeserializeOwned>(
     };
     let mut copy: Option<yaml::Node> = None;
     let mut dropped: Vec<String> = Vec::new();
-    for _ in 0..MAX_ERRORS_PER_ITEM {
-        let at = error.path.clone().unwrap_or_default();
-        if dropped.contains(&at) {
-            return None;
+    let read = 'search: {
+        for _ in 0..MAX_ERRORS_PER_ITEM {
+            let at = error.path.clone().unwrap_or_default();
+            if dropped.contains(&at) {
+                break 'search None;
+            }
+            record(error);
+            let copy = copy.get_or_insert_with(|| node.clone());
+            match at.strip_prefix(path) {
+                Some(rel) if copy.remove_path(rel) => dropped.push(at),
+                _ => break 'search None,
+            }
+            error = match de::from_node::<T>(copy, path) {
+                Ok(v) => break 'search Some(v),
+                Err(e) => e,
+            };
         }
-        record(error);
-        let copy = copy.get_or_insert_with(|| node.clone());
-        match at.strip_prefix(path) {
-            Some(rel) if copy.remove_path(rel) => dropped.push(at),
-            _ => return None,
-        }
-        error = match de::from_node::<T>(copy, path) {
-            Ok(_) => return None,
-            Err(e) => e,
+        None
+    };
+    partial.lost |= read.is_none();
+    partial.dropped.extend(dropped);
+    read
+}
+
+/// What reading left out of a config with errors.
+#[derive(Default)]
+struct Partial {
+    /// Fields dropped for their errors (or, for a value left as `${NAME}`,
+    /// read as that text).
+    dropped: Vec<String>,
+    /// A section or list item could not be read at all: the config without
+    /// it would show consequences as errors (`unknown upstream`, shifted
+    /// indexes), so the checks across fields wait for a config that reads.
+    lost: bool,
+}
+
+impl Partial {
+    /// Whether an error at `path` may be a consequence of a dropped field:
+    /// it is that field, inside it, or holds it (`a route needs
+    /// `upstream`...` when `upstream` did not read).
+    fn covers(&self, path: &str) -> bool {
+        let within = |inner: &str, outer: &str| {
+            outer.is_empty()
+                || inner
+                    .strip_prefix(outer)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
         };
+        self.dropped.iter().any(|d| within(path, d) || within(d, path))
     }
-    None
 }
 
 /// Deserializes the top-level sections one by one (and list items one by
 /// one) so one bad route does not hide the errors of the next.
-fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Config> {
+fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>, partial: &mut Partial) -> Option<Config> {
     use yaml::NodeKind;
 
     let NodeKind::Map(entries) = &root.kind else {
@@ -438,6 +486,7 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
             path: String::new(),
             message: format!("the config must be a mapping, found {}", root.describe()),
         });
+        partial.lost = true;
         return None;
     };
     const SECTIONS: &[&str] = &[
@@ -477,7 +526,6 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
         }
     }
 
-    let before = errors.len();
     let mut record = |e: de::DeError| {
         errors.push(ConfigError {
             line: e.line,
@@ -490,11 +538,12 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
         root: &yaml::Node,
         key: &str,
         record: &mut dyn FnMut(de::DeError),
+        partial: &mut Partial,
     ) -> T {
         match root.get(key) {
             None => T::default(),
             Some(n) if n.is_null() => T::default(),
-            Some(n) => every_error(n, key, record).unwrap_or_default(),
+            Some(n) => every_error(n, key, record, partial).unwrap_or_default(),
         }
     }
 
@@ -502,6 +551,7 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
         root: &yaml::Node,
         key: &str,
         record: &mut dyn FnMut(de::DeError),
+        partial: &mut Partial,
     ) -> Vec<T> {
         let Some(node) = root.get(key).filter(|n| !n.is_null()) else {
             return Vec::new();
@@ -512,6 +562,7 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
                 node.line,
                 format!("expected a list, found {}", node.describe()),
             ));
+            partial.lost = true;
             return Vec::new();
         };
         // Sized up front: a route's typed config is ~2 KiB, and growing a
@@ -520,7 +571,7 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             crate::yielding::point();
-            if let Some(v) = every_error(item, &format!("{key}[{i}]"), record) {
+            if let Some(v) = every_error(item, &format!("{key}[{i}]"), record, partial) {
                 out.push(v);
             }
         }
@@ -534,24 +585,26 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>) -> Option<Co
                 root.line,
                 "is required (write `version: 1`)",
             ));
+            partial.dropped.push("version".into());
             0
         }
         Some(n) => de::from_node::<u32>(n, "version").unwrap_or_else(|e| {
             record(e);
+            partial.dropped.push("version".into());
             0
         }),
     };
     let config = Config {
         version,
-        server: section::<Option<ServerConfig>>(root, "server", &mut record).unwrap_or_default(),
-        admin: section(root, "admin", &mut record),
-        redis: section(root, "redis", &mut record),
-        upstreams: list(root, "upstreams", &mut record),
-        routes: list(root, "routes", &mut record),
-        consumers: list(root, "consumers", &mut record),
-        plugins: section(root, "plugins", &mut record),
+        server: section::<Option<ServerConfig>>(root, "server", &mut record, partial).unwrap_or_default(),
+        admin: section(root, "admin", &mut record, partial),
+        redis: section(root, "redis", &mut record, partial),
+        upstreams: list(root, "upstreams", &mut record, partial),
+        routes: list(root, "routes", &mut record, partial),
+        consumers: list(root, "consumers", &mut record, partial),
+        plugins: section(root, "plugins", &mut record, partial),
     };
-    (errors.len() == before).then_some(config)
+    Some(config)
 }
 
 #[cfg(test)]
@@ -615,6 +668,8 @@ mod tests {
                 ("server.limits.idle_timout", Some(6)),
                 ("routes[0].match.methds", Some(9)),
                 ("routes[0].timeout", Some(10)),
+                // And, in the same report, what the checks across fields find.
+                ("routes[0].upstream", Some(11)),
             ],
             "{err}"
         );

@@ -83,6 +83,29 @@ fn validate_lists_every_error_with_file_line_and_path() {
 }
 
 #[test]
+fn fields_that_do_not_read_and_checks_across_fields_are_reported_together() {
+    let yaml = "version: 1\n\
+                server:\n  listeners: [{name: a, address: \"127.0.0.1:9001\"}, {name: a, address: \"127.0.0.1:9002\"}]\n  limits: {idle_timeout: 10}\n\
+                upstreams:\n  - name: users\n    targets: [{url: \"http://127.0.0.1:9001\"}]\n    load_balancing: consistent_hash\n    hash_on: 5\n\
+                routes:\n  - name: a\n    match: {paths: [\"/a\"], methodz: [GET]}\n    upstream: user\n\
+                \x20 - name: a\n    match: {paths: [\"/b\"]}\n    upstream: [users]\n";
+    let (code, _, err) = validate(yaml);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "FILE:3: server.listeners[1].name: duplicate listener name `a`\n\
+         FILE:4: server.limits.idle_timeout: invalid duration \"10\": the unit must be ms, s, m or h\n\
+         FILE:9: upstreams[0].hash_on: `5`: expected ip, consumer, header:NAME or cookie:NAME\n\
+         FILE:12: routes[0].match.methodz: unknown key `methodz` (did you mean `methods`?)\n\
+         FILE:13: routes[0].upstream: unknown upstream `user` (did you mean `users`?)\n\
+         FILE:14: routes[1].name: duplicate route name `a`\n\
+         FILE:16: routes[1].upstream: expected a scalar, found a list\n\
+         7 errors\n",
+        "what a dropped field causes (hash_on required, a route without upstream) is not reported"
+    );
+}
+
+#[test]
 fn semantic_errors_and_unbuilt_capabilities_are_named() {
     let yaml = "version: 1\n\
                 upstreams:\n  - name: users\n    targets: [{url: \"http://127.0.0.1:9001\"}]\n\
