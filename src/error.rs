@@ -40,6 +40,8 @@ pub enum GatewayError {
     PayloadTooLarge { limit: u64 },
     /// 431
     HeadersTooLarge { limit: u64 },
+    /// 431: more header fields than [`crate::http1::MAX_HEADERS`].
+    TooManyHeaders,
     /// 502: no connection to the upstream: refused, or its TLS handshake
     /// failed (never sent: safe to retry).
     UpstreamConnect(String),
@@ -94,7 +96,9 @@ impl GatewayError {
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::HeadersTooLarge { .. } | GatewayError::TooManyHeaders => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_)
             | GatewayError::AggregateFailed { .. } => StatusCode::BAD_GATEWAY,
@@ -117,7 +121,7 @@ impl GatewayError {
             GatewayError::RouteNotFound => "route-not-found",
             GatewayError::MethodNotAllowed { .. } => "method-not-allowed",
             GatewayError::PayloadTooLarge { .. } => "payload-too-large",
-            GatewayError::HeadersTooLarge { .. } => "headers-too-large",
+            GatewayError::HeadersTooLarge { .. } | GatewayError::TooManyHeaders => "headers-too-large",
             GatewayError::UpstreamConnect(_)
             | GatewayError::UpstreamProtocol(_)
             | GatewayError::AggregateFailed { .. } => "bad-gateway",
@@ -150,6 +154,10 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { limit } => {
                 format!("the request headers exceed {limit} bytes")
             }
+            GatewayError::TooManyHeaders => format!(
+                "the request has more than {} header fields",
+                crate::http1::MAX_HEADERS
+            ),
             // Upstream details go to the log, not to clients.
             GatewayError::UpstreamConnect(_) => {
                 "the gateway could not connect to the upstream service".into()

@@ -92,6 +92,20 @@ async fn oversized_headers_get_431() {
     let (resp, closed) = raw(gw.addr(), big.as_bytes(), Duration::from_secs(3)).await;
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
     assert!(closed);
+    // More than 100 fields, however small, over both protocols alike.
+    for client in [client_h1(), client_h2()] {
+        let mut many = req("GET", &gw.url("/x"));
+        for i in 0..120 {
+            many = many.header(format!("x-f{i}"), "v");
+        }
+        let r = send(&client, many.body(Full::default()).unwrap()).await;
+        r.problem(431, "headers-too-large");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("more than 100 header fields"),
+            "{:?}",
+            r.body
+        );
+    }
     assert_eq!(up.count(), 1);
 }
 

@@ -132,6 +132,10 @@ async fn process(
     if header_bytes(&parts) > limit {
         return Err(GatewayError::HeadersTooLarge { limit });
     }
+    // HTTP/1.1 heads are parsed with room for this many; HTTP/2 ones get the same bound.
+    if parts.headers.len() > crate::http1::MAX_HEADERS {
+        return Err(GatewayError::TooManyHeaders);
+    }
     let host = request_host(&mut parts)?;
     if let Some(metrics_path) = &settings.metrics_path
         && parts.uri.path() == metrics_path

@@ -298,7 +298,7 @@ async fn read_head<S: ClientIo>(
                     }
                 }
                 if !*first {
-                    match parse_head(&mut s.read, settings)? {
+                    match parse_head(&mut s.read)? {
                         Parsed::Head(head) => return Poll::Ready(Ok(Next::Request(head))),
                         Parsed::Handoff => return Poll::Ready(Ok(Next::Handoff)),
                         Parsed::Partial if s.read.len() > settings.max_head_buffer => {
@@ -336,7 +336,7 @@ fn bad(detail: &'static str) -> GatewayError {
 
 /// Parses the request head at the start of `read`, consuming it when
 /// complete and ours to serve.
-fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Parsed, GatewayError> {
+fn parse_head(read: &mut BytesMut) -> Result<Parsed, GatewayError> {
     // Offsets of the target and of each field's name and value, so that
     // they can share the received bytes instead of being copied.
     let mut spans = FieldSpans::new();
@@ -346,11 +346,7 @@ fn parse_head(read: &mut BytesMut, settings: &Settings) -> Result<Parsed, Gatewa
         let len = match parsed.parse_with_uninit_headers(read, &mut fields) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(GatewayError::HeadersTooLarge {
-                    limit: settings.max_header_bytes,
-                });
-            }
+            Err(httparse::Error::TooManyHeaders) => return Err(GatewayError::TooManyHeaders),
             Err(_) => return Err(bad("the request head is malformed")),
         };
         let method = parsed.method.unwrap_or_default();
