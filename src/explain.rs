@@ -234,7 +234,7 @@ pub fn text(e: &Explanation) -> String {
         Value::Null => {
             let refused = &j["refused"];
             out.push_str(&format!(
-                "route     none: {} {}",
+                "route     no route matches: {} {}",
                 s(&refused["status"]),
                 s(&refused["type"])
             ));

@@ -414,7 +414,7 @@ fn explain_says_which_route_and_why_the_others_did_not() {
     // No route: said so, with the nearest ones; exit 1.
     let (code, out) = explain(yaml, &["GET", "/api/orders/7"]);
     assert_eq!(code, 1);
-    assert!(out.contains("route     none: 404"), "{out}");
+    assert!(out.contains("route     no route matches: 404"), "{out}");
     assert!(out.contains("nearest routes:"), "{out}");
     let (code, out) = explain(yaml, &["GET", "/api/%2e%2e/%2e%2e/etc"]);
     assert_eq!(code, 1);
