@@ -8,11 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(
-    name = "portcullis",
-    about = "A fast, secure API gateway",
-    disable_version_flag = true
-)]
+#[command(name = "portcullis", about = "A fast, secure API gateway", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -454,3 +454,17 @@ fn output_to_a_reader_that_stopped_is_no_panic() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn version_is_a_command_and_a_flag() {
+    let full = Command::new(bin()).arg("version").output().unwrap();
+    let full = String::from_utf8_lossy(&full.stdout).into_owned();
+    let first = full.lines().next().unwrap_or_default().to_string();
+    assert!(first.starts_with("portcullis "), "{full}");
+    assert!(full.contains("\nfeatures: "), "{full}");
+    for flag in ["--version", "-V"] {
+        let out = Command::new(bin()).arg(flag).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), first, "{flag}");
+    }
+}
