@@ -16,7 +16,7 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value = "auto")]
     log_format: LogFormat,
     /// Log filter, `RUST_LOG` style (e.g. `info`, `portcullis=debug`).
-    #[arg(long, global = true, default_value = "info")]
+    #[arg(long, global = true, default_value = "info", value_parser = log_filter)]
     log_level: String,
 }
 
@@ -92,6 +92,14 @@ enum LogFormat {
     Auto,
     Json,
     Text,
+}
+
+/// A `--log-level` that does not read is a usage error, not a silent `info`.
+fn log_filter(level: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(|_| level.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn init_logging(format: LogFormat, level: &str) {

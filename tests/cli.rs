@@ -468,3 +468,20 @@ fn version_is_a_command_and_a_flag() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), first, "{flag}");
     }
 }
+
+#[test]
+fn a_log_filter_that_does_not_read_is_refused() {
+    let path = write_config("version: 1\n");
+    let out = Command::new(bin())
+        .args(["validate", "--log-level", "portcullis=loud", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("invalid value 'portcullis=loud' for '--log-level"),
+        "{err}"
+    );
+}
