@@ -128,6 +128,12 @@ async fn slow_headers_are_cut_off_but_idle_keepalive_is_kept() {
     );
     assert!(resp.starts_with("HTTP/1.1 408 Request Timeout"), "{resp}");
     assert!(resp.contains("urn:portcullis:error:request-timeout"), "{resp}");
+    // Dated, as every 4xx (RFC 9110 §6.6.1).
+    let date = resp
+        .lines()
+        .find_map(|l| l.strip_prefix("date: "))
+        .unwrap_or_else(|| panic!("no date in {resp}"));
+    assert!(httpdate::parse_http_date(date.trim()).is_ok(), "{date}");
     // A connection that never sends a byte gets the same answer.
     let (resp, closed) = raw(gw.addr(), b"", Duration::from_secs(5)).await;
     assert!(closed && resp.starts_with("HTTP/1.1 408"), "{resp}");

@@ -477,10 +477,12 @@ fn request_timeout_answer(request_id_header: &http::HeaderName) -> Vec<u8> {
         _ => Bytes::new(),
     };
     let mut out = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n{}: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n{}: {}\r\ncontent-length: {}\r\ndate: {}\r\nconnection: close\r\n\r\n",
         request_id_header,
         id.to_str().unwrap_or(""),
-        body.len()
+        body.len(),
+        // RFC 9110 §6.6.1: a 4xx carries the date.
+        httpdate::fmt_http_date(std::time::SystemTime::now())
     )
     .into_bytes();
     out.extend_from_slice(&body);
