@@ -190,6 +190,8 @@ pub struct Framing {
     pub length: Option<u64>,
     /// `Transfer-Encoding` seen, and whether its last coding is `chunked`.
     pub transfer_encoding: Option<bool>,
+    /// The transfer codings named, over all `Transfer-Encoding` fields.
+    pub codings: u32,
     /// `Connection: close`.
     pub close: bool,
     /// `Connection: keep-alive` (what an HTTP/1.0 peer must say to keep it).
@@ -219,6 +221,12 @@ impl Framing {
         } else if name == TRANSFER_ENCODING {
             let last = value.as_bytes().rsplit(|&b| b == b',').next().map(trim);
             self.transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            let named = value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .filter(|c| !trim(c).is_empty())
+                .count();
+            self.codings = self.codings.saturating_add(named as u32);
         } else if name == CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',').map(trim) {
                 self.close |= token.eq_ignore_ascii_case(b"close");

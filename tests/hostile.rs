@@ -102,6 +102,17 @@ async fn request_smuggling_shapes_are_refused() {
     )
     .await;
     refused(&gw, &up, b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n", 400).await;
+    // `chunked` last but not alone: another coding would be lost on the
+    // way up; `chunked` twice is forbidden (RFC 9112 §6.1).
+    for te in [
+        "gzip, chunked",
+        "chunked, chunked",
+        "chunked\r\nTransfer-Encoding: chunked",
+    ] {
+        let head =
+            format!("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        refused(&gw, &up, head.as_bytes(), 400).await;
+    }
     refused(
         &gw,
         &up,

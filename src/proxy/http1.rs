@@ -400,6 +400,12 @@ fn parse_head(read: &mut BytesMut) -> Result<Parsed, GatewayError> {
             return Err(bad("an HTTP/1.0 request must not carry Transfer-Encoding"));
         }
         (Some(false), _) => return Err(bad("the request's Transfer-Encoding does not end in chunked")),
+        // Another coding before it (`gzip, chunked`) would be lost on the
+        // way up, and `chunked` twice is forbidden (RFC 9112 §6.1); nginx
+        // and haproxy take `chunked` alone too.
+        (Some(true), _) if framing.codings > 1 => {
+            return Err(bad("the request's Transfer-Encoding must be chunked alone"));
+        }
         // With a Content-Length too (`conflict`) it is framed as chunked,
         // and the handler refuses it.
         (Some(true), _) => BodyFraming::Chunked(Chunked::Size),
