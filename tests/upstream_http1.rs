@@ -158,6 +158,23 @@ fn script(path: &str) -> Answer {
             ..answer(&[b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the end"])
         },
         "/early-hints" => answer(&[b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]),
+        // A burst of interim answers in one write (13,000 used to overflow
+        // the gateway's stack and abort it).
+        "/many-interim" => Answer {
+            pieces: vec![
+                [
+                    "HTTP/1.1 100 \r\n\r\n".repeat(13_000).as_bytes(),
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                ]
+                .concat(),
+            ],
+            ..answer(&[])
+        },
+        "/huge-head" => answer(&[format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+            "a".repeat(70_000)
+        )
+        .as_bytes()]),
         "/head" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"]),
         "/both" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]),
         "/conflict" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"]),
@@ -185,6 +202,8 @@ async fn chunked_answers_are_decoded_and_the_connection_reused() {
     let r = get(&gw.url("/split-head")).await;
     assert_eq!((r.status, &r.body[..]), (200, &b"body"[..]));
     let r = get(&gw.url("/early-hints")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    let r = get(&gw.url("/many-interim")).await;
     assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
     // Each body was read to its end: all three went over one connection.
     assert_eq!(up.accepted(), 1);
@@ -224,6 +243,8 @@ async fn ambiguous_or_broken_framing_never_reaches_the_client_whole() {
     let gw = Gateway::start(&up.config(""));
     // Response splitting: refused before any of it is relayed.
     get(&gw.url("/both")).await.problem(502, "bad-gateway");
+    // A head past 64 KiB, even one that arrives in a single read.
+    get(&gw.url("/huge-head")).await.problem(502, "bad-gateway");
     get(&gw.url("/conflict")).await.problem(502, "bad-gateway");
     // Broken after the head: the client's answer is cut off, never completed.
     for path in ["/bad-chunk", "/short"] {

@@ -489,8 +489,30 @@ fn protocol(message: &'static str) -> CallError {
 }
 
 /// Parses the response head at the start of `read`, consuming it when
-/// complete. `None`: more bytes are needed.
+/// complete; interim (1xx) answers before it are consumed and skipped.
+/// `None`: more bytes are needed.
 fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallError> {
+    // A loop, not recursion: an upstream may send any number of interim
+    // answers in one burst (each was a stack frame of ~4 KiB, and 13,000
+    // of them overflowed the stack and aborted the gateway).
+    loop {
+        match parse_one_head(read, to_head)? {
+            Parsed::Final(head) => return Ok(Some(head)),
+            Parsed::Interim if !read.is_empty() => continue,
+            Parsed::Interim | Parsed::Partial => return Ok(None),
+        }
+    }
+}
+
+enum Parsed {
+    Final(Head),
+    /// A 1xx answer, consumed.
+    Interim,
+    Partial,
+}
+
+/// One head at the start of `read`.
+fn parse_one_head(read: &mut BytesMut, to_head: bool) -> Result<Parsed, CallError> {
     // Offsets of each field's name and value in the head, so the values
     // can share the received bytes instead of being copied.
     let mut spans = FieldSpans::new();
@@ -502,8 +524,12 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
             read,
             &mut fields,
         ) {
+            // The bound holds however the head arrived, in one read or several.
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+                return Err(protocol("the response head is too large"));
+            }
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(protocol("the response has too many header fields"));
             }
@@ -519,7 +545,7 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
         }
         // 100 Continue, 103 Early Hints: the final answer follows.
         read.advance(len);
-        return parse_head(read, to_head);
+        return Ok(Parsed::Interim);
     }
     let head = read.split_to(len).freeze();
     // Room for the fields the gateway adds on the way back (the request
@@ -542,7 +568,7 @@ fn parse_head(read: &mut BytesMut, to_head: bool) -> Result<Option<Head>, CallEr
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
-    Ok(Some(Head {
+    Ok(Parsed::Final(Head {
         response,
         framing,
         keep_alive,
@@ -665,6 +691,37 @@ mod tests {
             Ok(None) => panic!("incomplete head"),
             Err(e) => panic!("refused: {e:?}"),
         }
+    }
+
+    #[test]
+    fn any_number_of_interim_answers_is_skipped_without_recursion() {
+        let raw = "HTTP/1.1 100 \r\n\r\n".repeat(20_000) + "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let mut read = BytesMut::from(raw.as_str());
+        let h = parse_head(&mut read, false).unwrap().expect("the final head");
+        assert_eq!(h.response.status(), StatusCode::OK);
+        assert_eq!(&read[..], b"ok");
+        // Interim answers alone: consumed, the final one still to come.
+        let mut read = BytesMut::from(
+            "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+                .repeat(3)
+                .as_str(),
+        );
+        assert!(parse_head(&mut read, false).unwrap().is_none());
+        assert!(read.is_empty());
+    }
+
+    #[test]
+    fn a_head_over_the_bound_is_refused_even_when_it_came_whole() {
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        assert!(head(&big, false).is_err());
+        let fits = format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES - 100)
+        );
+        assert!(head(&fits, false).unwrap().is_some());
     }
 
     #[test]
