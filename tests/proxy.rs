@@ -237,6 +237,14 @@ async fn http2_upstreams() {
         1,
         "one multiplexed connection"
     );
+    // Answer heads up to 64 KiB pass, as over HTTP/1.1 (hyper alone stops at 16 KiB).
+    let r = get(&gw.url("/big-header/30000")).await;
+    assert_eq!((r.status, r.header("x-big").len()), (200, 30000));
+    // Past it: 502, and the connection's other requests go on.
+    get(&gw.url("/big-header/70000"))
+        .await
+        .problem(502, "bad-gateway");
+    assert_eq!(get(&gw.url("/two")).await.status, 200);
 }
 
 #[tokio::test]

@@ -37,8 +37,8 @@ use crate::http1::{
     fields, is_allowed_trailer, poll_fill, put_chunk_size, put_field,
 };
 
-/// A response head larger than this is refused.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A response head larger than this is refused (over HTTP/2 too).
+pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// One HTTP/1.1 connection to a target, idle or in an exchange. Boxed for
 /// its life, so that handing it between the pool and a body moves a pointer.

@@ -356,6 +356,8 @@ impl Pool {
         let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // The bound HTTP/1.1 answers have; hyper's own is 16 KiB.
+            .max_header_list_size(http1::MAX_HEAD_BYTES as u32)
             .handshake(io)
             .await
             .map_err(|e| CallError::Exchange(e.into()))?;

@@ -289,6 +289,7 @@ pub struct Seen {
 
 /// A real HTTP upstream on 127.0.0.1:0 (HTTP/1.1 and h2c). Paths:
 /// `/delay/MS` (`?json`: then the echo), `/status/CODE`, `/bytes/N` (streamed in 1 KiB chunks),
+/// `/big-header/N` (an `x-big` field of N bytes),
 /// `/slow-body/MS` (headers now, body after MS), anything else echoes the
 /// request as JSON. Every answer carries `x-upstream: NAME`.
 pub struct Upstream {
@@ -426,6 +427,13 @@ async fn upstream_answer(
         "delay" => {
             tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(0))).await;
             Response::new(Full::new(Bytes::from("delayed")).boxed())
+        }
+        "big-header" => {
+            // An answer whose head carries N bytes of one field.
+            let mut r = Response::new(Full::new(Bytes::from("big")).boxed());
+            let n: usize = arg.parse().unwrap_or(0);
+            r.headers_mut().insert("x-big", "a".repeat(n).parse().unwrap());
+            r
         }
         "status" => {
             let mut r = Response::new(Full::new(Bytes::from("status")).boxed());
