@@ -190,8 +190,11 @@ impl Plugin {
                 Ok(Flow::Continue)
             }
             Plugin::ApiKey(p) => p.authenticate(ctx, req).map(|()| Flow::Continue),
-            Plugin::Jwt(p) => p.authenticate(ctx, req).await.map(|()| Flow::Continue),
-            Plugin::PhantomToken(p) => p.authenticate(ctx, req).await.map(|()| Flow::Continue),
+            // Boxed: their futures (a JWKS download, a moka cache entry) are
+            // 4–8 KiB, and every connection's task would reserve that room
+            // for every request, these plugins or not.
+            Plugin::Jwt(p) => Box::pin(p.authenticate(ctx, req)).await.map(|()| Flow::Continue),
+            Plugin::PhantomToken(p) => Box::pin(p.authenticate(ctx, req)).await.map(|()| Flow::Continue),
             Plugin::HmacAuth(p) => p.authenticate(ctx, req, body).await.map(|()| Flow::Continue),
             Plugin::Acl(p) => p.check(ctx).map(|()| Flow::Continue),
             Plugin::RateLimit(p) => p.check(ctx, req).await.map(|()| Flow::Continue),

@@ -211,11 +211,17 @@ impl Pool {
         head_deadline: Instant,
     ) -> Result<Response<Body>, SendError> {
         if self.cfg.http2 {
-            // Streams share the connection: each keeps its own timer.
-            let sender = match tokio::time::timeout_at(head_deadline, self.h2_sender()).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(SendError::unsent(e, req)),
-                Err(_) => return Err(SendError::unsent(CallError::ConnectTimeout, req)),
+            // Streams share the connection: each keeps its own timer. The
+            // dial, the rare path, is boxed, as the other cold paths below
+            // are: a connection's task reserves room for the largest future
+            // a request may await, whether or not it gets there.
+            let sender = match self.open_h2() {
+                Some(s) => s,
+                None => match tokio::time::timeout_at(head_deadline, Box::pin(self.h2_sender())).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Err(SendError::unsent(e, req)),
+                    Err(_) => return Err(SendError::unsent(CallError::ConnectTimeout, req)),
+                },
             };
             let mut sender = sender;
             return match tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await {
@@ -229,7 +235,7 @@ impl Pool {
         }
         // Marked by the handler; an empty extension map makes this check free.
         if req.extensions().get::<UpgradeRequest>().is_some() {
-            return self.send_upgrade(req, head_deadline).await;
+            return Box::pin(self.send_upgrade(req, head_deadline)).await;
         }
         // Set once a pooled connection closed under a written request:
         // that request goes on a new connection, so it is sent at most twice.
@@ -238,7 +244,7 @@ impl Pool {
             let pooled = if redial { None } else { self.idle.take() };
             let (conn, fresh) = match pooled {
                 Some(c) => (c, false),
-                None => match self.connect().await {
+                None => match Box::pin(self.connect()).await {
                     Ok(io) => (http1::Conn::new(io), true),
                     Err(e) => return Err(SendError::unsent(e, req)),
                 },
