@@ -219,14 +219,12 @@ impl Framing {
                 self.length = Some(n);
             }
         } else if name == TRANSFER_ENCODING {
-            let last = value.as_bytes().rsplit(|&b| b == b',').next().map(trim);
+            let mut last = None;
+            for coding in value.as_bytes().split(|&b| b == b',').map(trim) {
+                self.codings = self.codings.saturating_add(u32::from(!coding.is_empty()));
+                last = Some(coding);
+            }
             self.transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
-            let named = value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .filter(|c| !trim(c).is_empty())
-                .count();
-            self.codings = self.codings.saturating_add(named as u32);
         } else if name == CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',').map(trim) {
                 self.close |= token.eq_ignore_ascii_case(b"close");

@@ -374,12 +374,11 @@ fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
 mod tests {
     #[test]
     fn an_error_at_the_end_names_the_last_line_with_text() {
-        for text in [
-            "{\"version\": 1, \"routes\": [",
-            "{\"version\": 1, \"routes\": [\n",
-            "a: 1\nb: [\n\n  \n",
+        for (text, line) in [
+            ("{\"version\": 1, \"routes\": [", 1),
+            ("{\"version\": 1, \"routes\": [\n", 1),
+            ("a: 1\nb: [\n\n  \n", 2),
         ] {
-            let line = if text.starts_with('a') { 2 } else { 1 };
             assert_eq!(super::parse(text).unwrap_err().line, line, "{text:?}");
         }
         // An error inside the text keeps its own line.

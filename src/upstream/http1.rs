@@ -53,16 +53,24 @@ pub(super) struct Conn {
     write: Vec<u8>,
 }
 
-/// A failed exchange: why, and the request when not one byte of it was
-/// written (so it may go on another connection).
+/// A failed exchange: why, and the request when it may go on another
+/// connection.
 pub(super) struct Failed {
     pub error: CallError,
-    pub unsent: Option<Request<RequestBody>>,
+    pub request: HandedBack,
+}
+
+/// What a failed exchange gives back of its request.
+pub(super) enum HandedBack {
+    /// Not one byte of it was written: it may go anywhere, whatever its method.
+    Unsent(Request<RequestBody>),
     /// A request without a body, written whole, on a connection the
     /// upstream then closed or reset before one byte of answer: what an
     /// upstream's idle timeout does to a request that crosses its close.
-    /// The request is handed back for the pool to judge (RFC 9112 §9.3.1).
-    pub unanswered: Option<Request<RequestBody>>,
+    /// The pool judges whether it may go again (RFC 9112 §9.3.1).
+    Unanswered(Request<RequestBody>),
+    /// Nothing: it may have been acted on, or its body is spent.
+    Nothing,
 }
 
 impl Conn {
@@ -163,26 +171,15 @@ impl Conn {
         self.io.set_head_deadline(None);
         let head = match read_head {
             Ok(head) => head,
-            Err(error) if !out.started => {
-                return Err(Failed {
-                    error,
-                    unsent: Some(Request::from_parts(parts, body)),
-                    unanswered: None,
-                });
-            }
-            Err(error) if head_only && self.read.is_empty() && closed_under(&error) => {
-                return Err(Failed {
-                    error,
-                    unsent: None,
-                    unanswered: Some(Request::from_parts(parts, body)),
-                });
-            }
             Err(error) => {
-                return Err(Failed {
-                    error,
-                    unsent: None,
-                    unanswered: None,
-                });
+                let request = if !out.started {
+                    HandedBack::Unsent(Request::from_parts(parts, body))
+                } else if head_only && self.read.is_empty() && closed_under(&error) {
+                    HandedBack::Unanswered(Request::from_parts(parts, body))
+                } else {
+                    HandedBack::Nothing
+                };
+                return Err(Failed { error, request });
             }
         };
         crate::http1::recycle(std::mem::take(&mut parts.headers));

@@ -34,7 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::{http1, retry};
+use super::http1::{self, HandedBack};
+use super::retry;
 use crate::body::{BoxError, RequestBody};
 
 /// Why a call to an upstream failed.
@@ -249,32 +250,26 @@ impl Pool {
                     Err(e) => return Err(SendError::unsent(e, req)),
                 },
             };
-            match conn.send(req, head_deadline, &self.idle).await {
+            let http1::Failed { error, request } = match conn.send(req, head_deadline, &self.idle).await {
                 Ok(resp) => return Ok(resp.map(Body::Http1)),
+                Err(failed) => failed,
+            };
+            match request {
                 // Not one byte written on a pooled connection that had just
                 // closed: safe to send on another.
-                Err(http1::Failed {
-                    unsent: Some(unsent), ..
-                }) if !fresh => req = unsent,
+                HandedBack::Unsent(unsent) if !fresh => req = unsent,
                 // A kept-alive connection the upstream closed as the request
                 // crossed it: the upstream dropped it unread, or at worst
                 // read it. An idempotent request may go again (RFC 9112
                 // §9.3.1; nginx and Go's client do the same); others get
                 // the error, as a fresh connection's failure does.
-                Err(http1::Failed {
-                    unanswered: Some(again),
-                    ..
-                }) if !fresh && retry::is_idempotent(again.method()) => {
+                HandedBack::Unanswered(again) if !fresh && retry::is_idempotent(again.method()) => {
                     tracing::debug!(target = %self.authority, "a kept-alive connection closed under the request; sending it on a new one");
                     req = again;
                     redial = true;
                 }
-                Err(http1::Failed { error, unsent, .. }) => {
-                    return Err(SendError {
-                        error,
-                        unsent: unsent.map(Box::new),
-                    });
-                }
+                HandedBack::Unsent(unsent) => return Err(SendError::unsent(error, unsent)),
+                HandedBack::Unanswered(_) | HandedBack::Nothing => return Err(SendError::sent(error)),
             }
         }
     }
