@@ -177,6 +177,7 @@ fn script(path: &str) -> Answer {
         .as_bytes()]),
         "/head" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"]),
         "/both" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]),
+        "/gzip-chunked" => answer(&[b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"]),
         "/conflict" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"]),
         "/bad-chunk" => answer(&[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"]),
         "/short" => Answer {
@@ -246,6 +247,9 @@ async fn ambiguous_or_broken_framing_never_reaches_the_client_whole() {
     // A head past 64 KiB, even one that arrives in a single read.
     get(&gw.url("/huge-head")).await.problem(502, "bad-gateway");
     get(&gw.url("/conflict")).await.problem(502, "bad-gateway");
+    // A transfer coding the gateway cannot undo: relayed without it, the
+    // client would get gzip bytes it has no way to know are gzip.
+    get(&gw.url("/gzip-chunked")).await.problem(502, "bad-gateway");
     // Broken after the head: the client's answer is cut off, never completed.
     for path in ["/bad-chunk", "/short"] {
         let (text, closed) = raw(

@@ -9,7 +9,8 @@
 //! dropped midway closes it.
 //!
 //! Framing follows RFC 9112 §6: responses to `HEAD`, `1xx`, `204` and `304`
-//! have no body; `Transfer-Encoding` with `chunked` last is decoded;
+//! have no body; `Transfer-Encoding: chunked` is decoded, and any other
+//! transfer coding refused (the gateway cannot decode it);
 //! `Content-Length` counts; neither means the body ends when the connection
 //! does. A response with both, or with conflicting lengths, is refused
 //! (response splitting). Interim `1xx` answers are skipped.
@@ -472,9 +473,11 @@ fn response_framing(f: &Framing, status: StatusCode, to_head: bool) -> Result<Bo
                 "the response has both Content-Length and Transfer-Encoding",
             ));
         }
-        (Some(true), None) => BodyFraming::Chunked(Chunked::Size),
-        // Another coding last: the body runs to the end of the connection.
-        (Some(false), None) => BodyFraming::Close,
+        (Some(true), None) if f.codings == 1 => BodyFraming::Chunked(Chunked::Size),
+        // Another coding (`gzip, chunked`, `gzip`): the gateway cannot
+        // decode it, and relaying the bytes without the coding that names
+        // them would hand the client a body it cannot read (nginx: 502).
+        (Some(_), None) => return Err(protocol("the response has a transfer coding other than chunked")),
         (None, Some(0)) => BodyFraming::Done,
         (None, Some(n)) => BodyFraming::Length(n),
         (None, None) => BodyFraming::Close,
@@ -736,12 +739,8 @@ mod tests {
             BodyFraming::Done
         );
         assert_eq!(
-            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n"),
             BodyFraming::Chunked(Chunked::Size)
-        );
-        assert_eq!(
-            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
-            BodyFraming::Close
         );
         assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), BodyFraming::Close);
         assert_eq!(
@@ -762,6 +761,13 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            // Transfer codings the gateway cannot decode: relayed without
+            // them, the body would be unreadable.
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
         ] {
             assert!(head(raw, false).is_err(), "{raw:?}");
         }
