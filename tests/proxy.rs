@@ -302,6 +302,17 @@ async fn absolute_form_is_routed_by_path_and_never_contacts_the_named_host() {
     assert_eq!(seen.headers["x-forwarded-host"], "api.example.com");
     assert_eq!(up.count(), 2);
 
+    // Another scheme is not an HTTP request to forward.
+    let (resp, _) = raw(
+        gw.addr(),
+        b"GET ftp://api.example.com/x HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("scheme is not http or https"), "{resp}");
+    assert_eq!(up.count(), 2);
+
     // Over HTTP/2, a Host naming another host than :authority is malformed
     // (RFC 9113 §8.3.1); the same one in another case is not.
     let r = send(

@@ -568,14 +568,22 @@ fn header_bytes(parts: &request::Parts) -> u64 {
     (line + headers) as u64
 }
 
-/// The host the client asked for: the URI's authority (HTTP/2, absolute
-/// form) or the `Host` header. HTTP/1.1 requires one, and only one.
 /// The host the request names: its target's authority (HTTP/1.1 absolute
 /// form, HTTP/2 `:authority`), else its Host header. What routes match,
 /// `X-Forwarded-Host` carries and the upstream receives as Host are that
 /// one host, so a Host naming another cannot reach the upstream.
 fn request_host(parts: &mut request::Parts) -> Result<Option<HeaderValue>, GatewayError> {
     let bad = |detail| GatewayError::BadRequest { detail, close: true };
+    // An absolute form or `:scheme` naming another protocol (`ftp://`) is
+    // not a request this gateway can serve as asked.
+    if parts
+        .uri
+        .scheme()
+        .is_some_and(|s| *s != http::uri::Scheme::HTTP && *s != http::uri::Scheme::HTTPS)
+    {
+        return Err(bad("the request target's scheme is not http or https"));
+    }
+    // HTTP/1.1 requires one Host, and only one.
     let mut hosts = parts.headers.get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {
