@@ -160,6 +160,27 @@ async fn hop_by_hop_headers_removed_both_ways() {
 }
 
 #[tokio::test]
+async fn cookies_split_over_http2_reach_an_http1_upstream_as_one_field() {
+    // Browsers send each cookie pair as its own field over HTTP/2; an
+    // HTTP/1.1 server reads one Cookie field (RFC 9113 §8.2.3).
+    let (gw, up) = one_route("", "").await;
+    let r = send(
+        &client_h2(),
+        req("GET", &gw.url("/x"))
+            .header("cookie", "a=1")
+            .header("cookie", "session=s3; b=2")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.version, "HTTP/1.1");
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; session=s3; b=2"]);
+}
+
+#[tokio::test]
 async fn streams_large_bodies_both_ways() {
     let (gw, up) = one_route("", "").await;
     let r = get(&gw.url("/bytes/3000000")).await;

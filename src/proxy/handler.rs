@@ -11,9 +11,9 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use http::header::HOST;
+use http::header::{COOKIE, HOST};
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Response, Version, request};
+use http::{HeaderMap, HeaderValue, Request, Response, Version, request};
 use http_body::Body;
 
 use super::forwarded;
@@ -137,6 +137,9 @@ async fn process(
         return Err(GatewayError::TooManyHeaders);
     }
     let host = request_host(&mut parts)?;
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     if let Some(metrics_path) = &settings.metrics_path
         && parts.uri.path() == metrics_path
         && parts.method == http::Method::GET
@@ -619,6 +622,28 @@ fn request_host(parts: &mut request::Parts) -> Result<Option<HeaderValue>, Gatew
         }
     }
     Ok(host)
+}
+
+/// HTTP/2 clients may send `Cookie` as several fields (browsers split it
+/// so HPACK can index each pair); HTTP/1.1 allows one, and servers read
+/// only the first. RFC 9113 §8.2.3: they are joined with "; " before the
+/// request leaves HTTP/2, here so that plugins see every pair too.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Valid values joined by "; " are a valid value.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        headers.insert(COOKIE, value);
+    }
 }
 
 trait AsStr {
