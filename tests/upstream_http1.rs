@@ -175,6 +175,7 @@ fn script(path: &str) -> Answer {
             "a".repeat(70_000)
         )
         .as_bytes()]),
+        "/no-content" => answer(&[b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\nx-up: 1\r\n\r\n"]),
         "/head" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"]),
         "/both" => answer(&[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]),
         "/gzip-chunked" => answer(&[b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"]),
@@ -233,6 +234,31 @@ async fn an_answer_to_head_has_no_body_and_keeps_the_connection() {
     .await;
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
+    let r = get(&gw.url("/x")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_204_reaches_clients_without_content_length() {
+    // RFC 9110 §8.6: a 204 never carries Content-Length, whatever the
+    // upstream sent; an HTTP/2 client would otherwise get it.
+    let up = Scripted::start(script).await;
+    let gw = Gateway::start(&up.config(""));
+    for client in [client_h1(), client_h2()] {
+        let r = send(
+            &client,
+            req("GET", &gw.url("/no-content"))
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 204);
+        assert_eq!(r.header("x-up"), "1");
+        assert!(!r.headers.contains_key("content-length"), "{:?}", r.headers);
+        assert!(r.body.is_empty());
+    }
+    // The bodiless answer left the connection fit for the next request.
     let r = get(&gw.url("/x")).await;
     assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
     assert_eq!(up.accepted(), 1);

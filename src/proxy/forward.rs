@@ -326,6 +326,11 @@ fn answer(
         Attempt::Answered(resp) => {
             let (mut parts, body) = resp.into_parts();
             let _ = forwarded::strip_hop_by_hop(&mut parts.headers);
+            // RFC 9110 §8.6: never on a 204. An HTTP/1.1 client's writer
+            // leaves it out anyway; over HTTP/2 it would be relayed.
+            if parts.status == http::StatusCode::NO_CONTENT {
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+            }
             let body = ResponseBody::upstream(body, deadline, upstream.read_timeout, in_flight);
             Ok(Response::from_parts(parts, body))
         }
