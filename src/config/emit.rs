@@ -39,6 +39,27 @@ fn yaml_inline(node: &Node, out: &mut String) {
     }
 }
 
+/// A key as a field name reads: plain when it is a bare word, even if it
+/// came quoted (from a JSON body sent to the admin API), so the file the
+/// admin API rewrites reads `match:`, not `"match":`.
+fn yaml_key(key: &Node, out: &mut String) {
+    match &key.kind {
+        NodeKind::Scalar { value, .. } if is_bare_word(value) => out.push_str(value),
+        _ => yaml_inline(key, out),
+    }
+}
+
+/// A letter, then letters, digits, `_`, `-` or `.`; and not a word YAML
+/// would read as a boolean or null.
+fn is_bare_word(v: &str) -> bool {
+    v.starts_with(|c: char| c.is_ascii_alphabetic())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !["true", "false", "null", "yes", "no", "on", "off", "y", "n"]
+            .iter()
+            .any(|w| v.eq_ignore_ascii_case(w))
+}
+
 fn is_block(node: &Node) -> bool {
     match &node.kind {
         NodeKind::Seq(items) => !items.is_empty(),
@@ -51,7 +72,7 @@ fn yaml_map(entries: &[(Node, Node)], depth: usize, out: &mut String) {
     for (k, v) in entries {
         crate::yielding::point();
         indent(out, depth);
-        yaml_inline(k, out);
+        yaml_key(k, out);
         out.push(':');
         if is_block(v) {
             out.push('\n');
@@ -265,6 +286,21 @@ mod tests {
         assert_eq!(to_json(&node, false), to_json(&back, false), "{out}");
         assert!(to_json(&back, false).contains(r#""name":"5""#));
         assert!(to_json(&back, false).contains(r#""priority":-3"#));
+    }
+
+    #[test]
+    fn keys_from_json_are_written_as_bare_words() {
+        // What the admin API persists after a JSON `PUT /routes/r2`.
+        let node = parse(
+            r#"{"name": "r2", "match": {"paths": ["/two"]}, "set": {"X-A": "1", "on": "2", "5": "3"}}"#,
+        )
+        .unwrap();
+        let out = to_yaml(&node);
+        assert_eq!(
+            out,
+            "name: \"r2\"\nmatch:\n  paths:\n    - \"/two\"\nset:\n  X-A: \"1\"\n  \"on\": \"2\"\n  \"5\": \"3\"\n"
+        );
+        assert_eq!(to_json(&parse(&out).unwrap(), false), to_json(&node, false));
     }
 
     #[test]
