@@ -313,3 +313,40 @@ async fn shutdown_closes_tunnels_with_1001_and_waits_for_them() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn an_upstream_switching_to_another_protocol_is_a_502() {
+    // An upstream that answers the WebSocket upgrade with a 101 to h2c: the
+    // client must not be told it has a WebSocket.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nPRI",
+                )
+                .await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let gw = gateway(addr, "");
+    let (text, _) = raw(
+        gw.addr(),
+        b"GET /open HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(!text.contains("PRI"), "{text}");
+    // A real WebSocket upstream still works through the same route.
+    let (addr, _) = echo_server().await;
+    let gw = gateway(addr, "");
+    let mut ws = connect(&gw, "/open", None).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+}

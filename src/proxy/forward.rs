@@ -325,6 +325,16 @@ fn answer(
     match outcome {
         Attempt::Answered(resp) => {
             let (mut parts, body) = resp.into_parts();
+            // Only WebSocket upgrades are sent up, so a 101 must switch to
+            // it: the client is told `Upgrade: websocket` and would tunnel
+            // frames into whatever protocol the upstream chose instead.
+            if parts.status == http::StatusCode::SWITCHING_PROTOCOLS
+                && !super::websocket::switches_to_websocket(&parts.headers)
+            {
+                return Err(GatewayError::UpstreamProtocol(
+                    "the upstream switched to a protocol other than websocket".into(),
+                ));
+            }
             let _ = forwarded::strip_hop_by_hop(&mut parts.headers);
             // RFC 9110 §8.6: never on a 204. An HTTP/1.1 client's writer
             // leaves it out anyway; over HTTP/2 it would be relayed.

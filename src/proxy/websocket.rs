@@ -70,6 +70,15 @@ pub fn upgrade_kind(parts: &request::Parts) -> Upgrade {
     if h1 { Upgrade::Http1 } else { Upgrade::No }
 }
 
+/// Whether a 101's `Upgrade` names WebSocket (and nothing else).
+pub fn switches_to_websocket(headers: &HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(UPGRADE).iter();
+    upgrades
+        .next()
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && upgrades.next().is_none()
+}
+
 /// An HTTP/2 WebSocket request as the HTTP/1.1 upgrade an upstream
 /// expects: a `GET` with a fresh `Sec-WebSocket-Key` (RFC 8441 clients send
 /// none; the upstream's answer to it is checked by nobody but is required).
