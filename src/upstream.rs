@@ -40,7 +40,7 @@ pub fn server_name(authority: &Authority) -> Result<rustls::pki_types::ServerNam
 
 /// Checks an `http` or `https` URL with a host and no credentials. Returns
 /// its authority (port 80 or 443 when none is written) and the parsed URL.
-fn parse_url(url: &str) -> Result<(Authority, http::Uri), String> {
+pub(crate) fn parse_url(url: &str) -> Result<(Authority, http::Uri), String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
     let default_port = match uri.scheme_str() {
         Some("http") => 80,
@@ -54,7 +54,18 @@ fn parse_url(url: &str) -> Result<(Authority, http::Uri), String> {
     if auth.as_str().contains('@') {
         return Err(format!("`{url}`: credentials in URLs are not allowed"));
     }
-    let auth = if auth.port_u16().is_some() {
+    // `http::Authority` reads a port it cannot hold (`:70000`) as none at
+    // all: the default port would be dialled in its place.
+    let written_port = auth
+        .as_str()
+        .strip_prefix(auth.host())
+        .and_then(|r| r.strip_prefix(':'));
+    if let Some(port) = written_port
+        && !port.parse::<u16>().is_ok_and(|p| p != 0)
+    {
+        return Err(format!("`{url}`: the port must be a number from 1 to 65535"));
+    }
+    let auth = if written_port.is_some() {
         auth
     } else {
         format!("{}:{default_port}", auth.host())
@@ -328,5 +339,22 @@ mod tests {
         assert!(parse_target_url("ftp://x:1").is_err());
         assert!(parse_target_url("http://x:1/path").is_err());
         assert!(parse_target_url("http://u:p@x:1").is_err());
+        assert_eq!(
+            parse_target_url("http://[::1]:9001").unwrap().0.as_str(),
+            "[::1]:9001"
+        );
+        // A port that does not fit is an error, not the default port.
+        for url in [
+            "http://127.0.0.1:70000",
+            "http://x:0",
+            "http://x:",
+            "http://[::1]:99999",
+        ] {
+            let e = parse_target_url(url).unwrap_err();
+            assert!(
+                e.contains("the port must be a number from 1 to 65535"),
+                "{url}: {e}"
+            );
+        }
     }
 }

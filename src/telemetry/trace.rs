@@ -95,6 +95,9 @@ pub fn traces_url(endpoint: &str) -> Result<http::Uri, String> {
     if uri.authority().is_none() {
         return Err(format!("`{endpoint}` has no host"));
     }
+    // The checks the exporter's connection makes (port, credentials), so
+    // `validate` finds what `run` would.
+    crate::upstream::parse_url(endpoint)?;
     if uri.path() == "/" || uri.path().is_empty() {
         let base = endpoint.trim_end_matches('/');
         return format!("{base}/v1/traces")
@@ -407,5 +410,6 @@ mod tests {
         );
         assert!(traces_url("ftp://c:4318").is_err());
         assert!(traces_url("c:4318").is_err());
+        assert!(traces_url("http://c:70000").is_err());
     }
 }
