@@ -378,24 +378,51 @@ pub fn load_document(
     };
     if errors.is_empty() {
         let problems = validate::validate(&loaded.config);
-        return if problems.is_empty() {
-            Ok(loaded)
-        } else {
-            Err(loaded.locate(problems))
-        };
+        if problems.is_empty() {
+            return Ok(loaded);
+        }
+        let mut problems = problems;
+        problems.extend(compile_errors(&loaded.config, &partial, &problems, &[]));
+        return Err(loaded.locate(problems));
     }
-    // Fields that did not read are reported; the checks across fields also
-    // run on the rest when every item read, so one round of fixes is
-    // enough. What a dropped field may have caused is not reported.
-    if !partial.lost {
-        let problems = validate::validate(&loaded.config)
+    // Fields that did not read are reported; the checks across fields and
+    // the compiler's (patterns, plugin options, target URLs) also run on
+    // the rest when nothing others refer to was lost, so one round of
+    // fixes is enough. What a dropped field may have caused is not
+    // reported, nor a second error for a field already named.
+    if !partial.blocks_checks() {
+        let mut problems: Vec<FieldError> = validate::validate(&loaded.config)
             .into_iter()
             .filter(|p| !partial.covers(&p.path))
             .collect();
+        let compiled = compile_errors(&loaded.config, &partial, &problems, &errors);
+        problems.extend(compiled);
         errors.extend(loaded.locate(problems).errors);
     }
     errors.sort_by_key(|e| e.line.unwrap_or(0));
     Err(fail(errors))
+}
+
+/// What compiling the config (patterns, plugin options, target URLs)
+/// finds besides the errors already named: the caller compiles a config
+/// that passes, so these are only looked for when something else failed.
+fn compile_errors(
+    config: &Config,
+    partial: &Partial,
+    problems: &[FieldError],
+    errors: &[ConfigError],
+) -> Vec<FieldError> {
+    let Err(compiled) = crate::snapshot::check(config) else {
+        return Vec::new();
+    };
+    compiled
+        .into_iter()
+        .filter(|c| {
+            !partial.covers(&c.path)
+                && !problems.iter().any(|p| p.path == c.path)
+                && !errors.iter().any(|e| e.path == c.path)
+        })
+        .collect()
 }
 
 /// At most this many errors are reported for one section or list item.
@@ -411,7 +438,7 @@ const MAX_ERRORS_PER_ITEM: usize = 50;
 ///
 /// What could be read without the bad fields is returned, their paths added
 /// to `partial.dropped`, for the checks across fields to look at the rest;
-/// `None` (the item lost) sets `partial.lost`.
+/// `None` (the item lost) adds `path` to `partial.lost`.
 fn every_error<T: serde::de::DeserializeOwned>(
     node: &yaml::Node,
     path: &str,
@@ -443,7 +470,9 @@ fn every_error<T: serde::de::DeserializeOwned>(
         }
         None
     };
-    partial.lost |= read.is_none();
+    if read.is_none() {
+        partial.lost.push(path.to_string());
+    }
     partial.dropped.extend(dropped);
     read
 }
@@ -454,10 +483,12 @@ struct Partial {
     /// Fields dropped for their errors (or, for a value left as `${NAME}`,
     /// read as that text).
     dropped: Vec<String>,
-    /// A section or list item could not be read at all: the config without
-    /// it would show consequences as errors (`unknown upstream`, shifted
-    /// indexes), so the checks across fields wait for a config that reads.
-    lost: bool,
+    /// Sections or list items that could not be read at all. Without an
+    /// upstream, a route or a consumer the config would show consequences
+    /// as errors (`unknown upstream`, shifted indexes), so the checks
+    /// across fields wait for a config that reads; nothing refers to
+    /// `server` or `admin`, so their loss only hides their own checks.
+    lost: Vec<String>,
 }
 
 impl Partial {
@@ -472,6 +503,15 @@ impl Partial {
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
         };
         self.dropped.iter().any(|d| within(path, d) || within(d, path))
+            || self.lost.iter().any(|l| within(path, l) || within(l, path))
+    }
+
+    /// Whether something other parts of the config may refer to was lost.
+    fn blocks_checks(&self) -> bool {
+        self.lost.iter().any(|l| {
+            let section = l.split(['.', '[']).next().unwrap_or_default();
+            !matches!(section, "server" | "admin")
+        })
     }
 }
 
@@ -486,7 +526,7 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>, partial: &mu
             path: String::new(),
             message: format!("the config must be a mapping, found {}", root.describe()),
         });
-        partial.lost = true;
+        partial.lost.push(String::new());
         return None;
     };
     const SECTIONS: &[&str] = &[
@@ -562,7 +602,7 @@ fn parse_sections(root: &yaml::Node, errors: &mut Vec<ConfigError>, partial: &mu
                 node.line,
                 format!("expected a list, found {}", node.describe()),
             ));
-            partial.lost = true;
+            partial.lost.push(key.to_string());
             return Vec::new();
         };
         // Sized up front: a route's typed config is ~2 KiB, and growing a

@@ -106,6 +106,28 @@ fn fields_that_do_not_read_and_checks_across_fields_are_reported_together() {
 }
 
 #[test]
+fn one_round_names_what_reading_checking_and_compiling_find() {
+    // A listener that does not read loses the `server` section, which
+    // nothing else refers to: the other sections are still checked and
+    // compiled. A target port past 65535 is an error, not port 80.
+    let yaml = "version: 1\n\
+                server:\n  listeners: [{name: a, address: \"localhost:9001\"}]\n\
+                upstreams:\n  - name: u\n    targets: [{url: \"http://127.0.0.1:70000\", weight: 0}]\n\
+                routes:\n  - name: a\n    match: {paths: [\"/a/{x}/{x}\"], methods: [get]}\n    upstream: u\n";
+    let (code, _, err) = validate(yaml);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "FILE:3: server.listeners[0].address: invalid socket address syntax\n\
+         FILE:6: upstreams[0].targets[0].url: `http://127.0.0.1:70000`: the port must be a number from 1 to 65535\n\
+         FILE:6: upstreams[0].targets[0].weight: must be between 1 and 10000\n\
+         FILE:9: routes[0].match.methods[0]: `get` is not a known HTTP method (write it in capitals, e.g. GET)\n\
+         FILE:9: routes[0].match.paths[0]: capture `x` appears twice\n\
+         5 errors\n"
+    );
+}
+
+#[test]
 fn semantic_errors_and_unbuilt_capabilities_are_named() {
     let yaml = "version: 1\n\
                 upstreams:\n  - name: users\n    targets: [{url: \"http://127.0.0.1:9001\"}]\n\
@@ -118,12 +140,13 @@ fn semantic_errors_and_unbuilt_capabilities_are_named() {
         "routes[0].upstream: unknown upstream `user` (did you mean `users`?)",
         "routes[0].match.methods[0]: `FETCH` is not a known HTTP method",
         "routes[1].name: duplicate route name `a`",
+        // Found by compiling the routes, in the same round.
+        "routes[1].match.paths[0]: invalid regex: unclosed character class",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
-    // Routes are compiled once the config is otherwise sound: a bad regex,
-    // with the regex crate's three-line message as one line (one error a
-    // line, SPEC section 8).
+    // The regex crate's three-line message is one line (one error a line,
+    // SPEC section 8).
     let (code, _, err) = validate(
         "version: 1\nroutes:\n  - name: a\n    match: {paths: [\"~ ([\"]}\n    respond: {status: 200}\n",
     );
