@@ -118,7 +118,7 @@ fn one_round_names_what_reading_checking_and_compiling_find() {
     assert_eq!(code, 1);
     assert_eq!(
         err,
-        "FILE:3: server.listeners[0].address: invalid socket address syntax\n\
+        "FILE:3: server.listeners[0].address: `localhost:9001` is not IP:PORT (e.g. 0.0.0.0:8080, 127.0.0.1:9901 or [::]:8443; host names are not looked up)\n\
          FILE:6: upstreams[0].targets[0].url: `http://127.0.0.1:70000`: the port must be a number from 1 to 65535\n\
          FILE:6: upstreams[0].targets[0].weight: must be between 1 and 10000\n\
          FILE:9: routes[0].match.methods[0]: `get` is not a known HTTP method (write it in capitals, e.g. GET)\n\

@@ -90,6 +90,7 @@ fn default_shutdown_timeout() -> Duration {
 pub struct ListenerConfig {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(deserialize_with = "super::types::socket_addr")]
     pub address: SocketAddr,
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
@@ -207,7 +208,10 @@ fn default_service_name() -> String {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    #[serde(default = "default_admin_address")]
+    #[serde(
+        default = "default_admin_address",
+        deserialize_with = "super::types::socket_addr"
+    )]
     pub address: SocketAddr,
     #[serde(default)]
     pub token: Option<String>,

@@ -211,6 +211,17 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+/// A listening address, `IP:PORT`; the error says what is expected, since
+/// `localhost:8080` or `:8080` read naturally and are not addresses.
+pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        de::Error::custom(format!(
+            "`{s}` is not IP:PORT (e.g. 0.0.0.0:8080, 127.0.0.1:9901 or [::]:8443; host names are not looked up)"
+        ))
+    })
+}
+
 impl schemars::JsonSchema for Duration {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "Duration".into()
