@@ -51,12 +51,7 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, headers: &[String]) -> Res
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         })
-        .map(|h| {
-            h.rsplit_once(':')
-                .filter(|(_, p)| p.parse::<u16>().is_ok())
-                .map_or(h.clone(), |(n, _)| n.to_string())
-        })
-        .map(|h| h.to_ascii_lowercase());
+        .map(|h| crate::proxy::handler::route_host(&h).into_owned());
     let raw_path = uri.path();
     let normalized = match path::normalize(raw_path) {
         Ok(p) => p,

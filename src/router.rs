@@ -207,14 +207,31 @@ struct HostMatch {
 }
 
 impl HostMatch {
+    /// How specifically `host` is matched, `None` when it is not: an exact
+    /// name beats any wildcard, and a longer wildcard suffix a shorter one
+    /// (`*.api.example.com` before `*.example.com`), as nginx and Envoy
+    /// choose.
+    fn specificity(&self, host: &str) -> Option<u8> {
+        if self.exact.iter().any(|h| **h == *host) {
+            return Some(HOST_EXACT);
+        }
+        self.suffixes
+            .iter()
+            .filter(|s| host.len() > s.len() && host.ends_with(&***s))
+            .map(|s| s.len().min(usize::from(HOST_EXACT) - 1) as u8)
+            .max()
+    }
+
     fn matches(&self, host: &str) -> bool {
-        self.exact.iter().any(|h| **h == *host)
-            || self
-                .suffixes
-                .iter()
-                .any(|s| host.len() > s.len() && host.ends_with(&**s))
+        self.specificity(host).is_some()
     }
 }
+
+/// The host specificity of an exact name.
+const HOST_EXACT: u8 = u8::MAX;
+/// Where the matched host's specificity sits in a rank: below the count of
+/// conditions, above `priority`.
+const HOST_SHIFT: u32 = 64;
 
 /// One path of one route, with the route's conditions.
 struct Entry {
@@ -419,7 +436,7 @@ impl RouteTable {
                     | (literals.min(0xffff) as u128) << 104
                     | (segments.min(0xffff) as u128) << 88
                     | whole << 80
-                    | conditions.min(0xffff) << 64
+                    | conditions.min(0xff) << 72
                     | priority << 32
                     | u128::from(u32::MAX - id);
                 match pattern {
@@ -537,7 +554,13 @@ impl RouteTable {
                 .iter()
                 .map(|i| self.regex_entries[i]),
         );
-        ids.sort_by_key(|id| (std::cmp::Reverse(self.entries[*id as usize].rank), *id));
+        ids.sort_by_key(|id| {
+            let e = &self.entries[*id as usize];
+            (
+                std::cmp::Reverse(self.rank_for(e, req.host).unwrap_or(e.rank)),
+                *id,
+            )
+        });
         ids.dedup();
         let chosen = match self.lookup(req) {
             Lookup::Found(m) => Some(m.entry),
@@ -655,12 +678,14 @@ impl RouteTable {
 
     fn consider(&self, id: u32, req: &RouteRequest<'_>, method: u16, best: &mut Best) {
         let e = &self.entries[id as usize];
-        if best.entry.is_some() && e.rank <= best.rank {
+        // The rank it could reach with the most specific host.
+        if best.entry.is_some() && e.rank | u128::from(HOST_EXACT) << HOST_SHIFT <= best.rank {
             return;
         }
-        if let Some(hosts) = &e.hosts
-            && !req.host.is_some_and(|h| hosts.matches(h))
-        {
+        let Some(rank) = self.rank_for(e, req.host) else {
+            return;
+        };
+        if best.entry.is_some() && rank <= best.rank {
             return;
         }
         for (name, m) in &e.headers {
@@ -677,7 +702,19 @@ impl RouteTable {
             return;
         }
         best.entry = Some(id);
-        best.rank = e.rank;
+        best.rank = rank;
+    }
+
+    /// An entry's rank for a request to `host`, with how specifically its
+    /// hosts match it; `None` when they do not.
+    fn rank_for(&self, e: &Entry, host: Option<&str>) -> Option<u128> {
+        match &e.hosts {
+            None => Some(e.rank),
+            Some(hosts) => {
+                let specificity = hosts.specificity(host?)?;
+                Some(e.rank | u128::from(specificity) << HOST_SHIFT)
+            }
+        }
     }
 
     /// The captures of a match (`{id}` → value), for `rewrite`. Values are
@@ -868,6 +905,53 @@ mod tests {
             Lookup::NotFound
         );
         assert_eq!(find(&t, "GET", None, "/", &[]), Lookup::NotFound);
+    }
+
+    #[test]
+    fn an_exact_host_beats_a_wildcard_and_a_longer_wildcard_a_shorter() {
+        let hosts = |h: &[&str]| Conditions {
+            hosts: h.iter().map(|s| s.to_string()).collect(),
+            ..any()
+        };
+        // File order favours the wildcards; specificity decides.
+        let t = table(&[
+            (&["/"], hosts(&["*.example.com"])),
+            (&["/"], hosts(&["*.api.example.com"])),
+            (&["/"], hosts(&["api.example.com", "*.other.org"])),
+        ]);
+        let at = |host| route_of(find(&t, "GET", Some(host), "/x", &[]));
+        assert_eq!(at("api.example.com"), Some(2));
+        assert_eq!(at("v1.api.example.com"), Some(1));
+        assert_eq!(at("www.example.com"), Some(0));
+        assert_eq!(at("a.other.org"), Some(2));
+        // More conditions still come first: a wildcard with a method beats
+        // an exact host alone.
+        let get = Conditions {
+            methods: vec!["GET".into()],
+            ..hosts(&["*.example.com"])
+        };
+        let t = table(&[(&["/"], hosts(&["api.example.com"])), (&["/"], get)]);
+        assert_eq!(
+            route_of(find(&t, "GET", Some("api.example.com"), "/", &[])),
+            Some(1)
+        );
+        // And explain lists them in the order lookup chose.
+        let t = table(&[
+            (&["/"], hosts(&["*.example.com"])),
+            (&["/"], hosts(&["api.example.com"])),
+        ]);
+        let req = RouteRequest {
+            host: Some("api.example.com"),
+            method: &Method::GET,
+            path: "/",
+            headers: &HeaderMap::new(),
+        };
+        let listed: Vec<_> = t
+            .explain(&req)
+            .into_iter()
+            .map(|c| (c.route, c.verdict))
+            .collect();
+        assert_eq!(listed, [(1, Verdict::Chosen), (0, Verdict::LessSpecific)]);
     }
 
     #[test]

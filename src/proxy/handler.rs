@@ -657,13 +657,16 @@ impl AsStr for HeaderValue {
     }
 }
 
-/// The host as routes match it: lower case, without the port.
-fn route_host(h: &str) -> Cow<'_, str> {
+/// The host as routes match it: lower case, without the port or a
+/// trailing dot.
+pub(crate) fn route_host(h: &str) -> Cow<'_, str> {
     let bare = if h.starts_with('[') {
         h.split_once(']').map_or(h, |(v6, _)| &h[..v6.len() + 1])
     } else {
         h.rsplit_once(':').map_or(h, |(name, _)| name)
     };
+    // `api.example.com.` (fully qualified) is the same host.
+    let bare = bare.strip_suffix('.').unwrap_or(bare);
     if bare.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(bare.to_ascii_lowercase())
     } else {
@@ -680,5 +683,6 @@ mod tests {
         assert_eq!(route_host("API.example.com:8080"), "api.example.com");
         assert_eq!(route_host("[::1]:80"), "[::1]");
         assert_eq!(route_host("example.com"), "example.com");
+        assert_eq!(route_host("API.example.com.:443"), "api.example.com");
     }
 }
