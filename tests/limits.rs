@@ -313,3 +313,58 @@ async fn a_slow_body_is_cut_off_by_the_request_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_closed_after_the_idle_timeout() {
+    // A slow-read client would hold its upstream connection for as long as
+    // it liked. One that reads slowly but steadily keeps its answer.
+    let (gw, _up) = setup("    idle_timeout: 1s\n    header_read_timeout: 1s\n").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 16 << 20;
+    let addr = gw.addr();
+    let connect = |small_window: bool| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if small_window {
+            socket.set_recv_buffer_size(4096).unwrap();
+        }
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        s
+    };
+    let read_all = |mut s: tokio::net::TcpStream, pause: Duration| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+            if total > SIZE {
+                return total;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    };
+
+    let stalled = connect(true).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), read_all(stalled, Duration::ZERO))
+        .await
+        .expect("the stalled connection was never closed");
+    assert!(
+        got < SIZE,
+        "the whole answer ({got} bytes) reached a client that stopped reading"
+    );
+
+    // Reading what has arrived every 100 ms: never a second without taking bytes.
+    let steady = connect(false).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        read_all(steady, Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    assert!(got > SIZE, "a steady reader was cut off after {got} bytes");
+}

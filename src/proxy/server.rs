@@ -462,6 +462,7 @@ where
 }
 
 const HEADER_TIMEOUT: &str = "request header read timeout";
+const STALLED_READER: &str = "the client took none of its answer for idle_timeout";
 
 /// The raw HTTP/1.1 408 problem+json answer for a head that never finished.
 fn request_timeout_answer(request_id_header: &http::HeaderName) -> Vec<u8> {
@@ -515,6 +516,9 @@ struct Tracker {
     /// The reader's waker, kept while waiting between requests, so the
     /// watchdog can make the stream write that answer.
     reader: std::sync::Mutex<Option<std::task::Waker>>,
+    /// Since when a write to the client has been waiting for room (the
+    /// client reads nothing); 0 = not waiting.
+    write_blocked_since: AtomicU64,
 }
 
 impl Tracker {
@@ -532,6 +536,17 @@ impl Tracker {
             timeout_answer: std::sync::Mutex::new(None),
             answer_pending: AtomicBool::new(false),
             reader: std::sync::Mutex::new(None),
+            write_blocked_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes whether a write to the client went through or must wait.
+    fn on_write<T>(&self, result: &Poll<T>) {
+        let blocked = self.write_blocked_since.load(Ordering::Relaxed);
+        match result {
+            Poll::Pending if blocked == 0 => self.write_blocked_since.store(self.now(), Ordering::Relaxed),
+            Poll::Ready(_) if blocked != 0 => self.write_blocked_since.store(0, Ordering::Relaxed),
+            _ => {}
         }
     }
 
@@ -553,14 +568,21 @@ impl Tracker {
     }
 }
 
-/// Closes connections whose request head is too slow or that sit idle too long.
+/// Closes connections whose request head is too slow, that sit idle too
+/// long, or whose client takes no bytes of its answer for `idle_timeout`
+/// (it would hold the upstream connection and the answer's buffers for
+/// as long as it likes: nginx's `send_timeout`).
 async fn watchdog(t: &Tracker, header_timeout: Duration, idle_timeout: Duration) -> &'static str {
     let header_ms = header_timeout.as_millis() as u64;
     let idle_ms = idle_timeout.as_millis() as u64;
     loop {
         let now = t.now();
         let wake = if t.in_flight.load(Ordering::Relaxed) > 0 {
-            now + idle_ms
+            match t.write_blocked_since.load(Ordering::Relaxed) {
+                0 => now + idle_ms,
+                blocked if now >= blocked + idle_ms => return STALLED_READER,
+                blocked => blocked + idle_ms,
+            }
         } else {
             let head = t.head_started.load(Ordering::Relaxed);
             if head != 0 {
@@ -731,7 +753,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WatchedStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedStream<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.tracker.on_write(&written);
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -747,7 +771,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WatchedStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.tracker.on_write(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
