@@ -69,6 +69,21 @@ async fn token_is_required_and_reveals_nothing() {
     assert_eq!(get(&gw.url("/ping")).await.status, 200);
     assert_eq!(authed(&gw, "GET", "/routes/users-api", "").await.status, 200);
     assert_eq!(authed(&gw, "GET", "/routes/nope", "").await.status, 404);
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+    let client = client_h1();
+    let with = |value: String| {
+        send(
+            &client,
+            req("GET", &gw.admin_url("/status"))
+                .header("authorization", value)
+                .body(Full::default())
+                .unwrap(),
+        )
+    };
+    assert_eq!(with(format!("bearer {TOKEN}")).await.status, 200);
+    assert_eq!(with(format!("BEARER {TOKEN}")).await.status, 200);
+    assert_eq!(with(format!("Bearer {}", TOKEN.to_uppercase())).await.status, 401);
+    assert_eq!(with(format!("Basic {TOKEN}")).await.status, 401);
 }
 
 #[tokio::test]

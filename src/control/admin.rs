@@ -235,11 +235,12 @@ fn authorized(control: &Control, headers: &http::HeaderMap) -> bool {
     };
     let Some(given) = headers
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| crate::plugins::jwt::bearer(v.as_bytes()))
     else {
         return false;
     };
-    constant_time_eq(given, token.as_bytes())
+    // The scheme is case-insensitive (RFC 9110 §11.1), as the JWT plugin reads it.
+    constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
