@@ -350,3 +350,38 @@ async fn an_upstream_switching_to_another_protocol_is_a_502() {
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
 }
+
+#[tokio::test]
+async fn a_side_that_stops_reading_does_not_hold_the_tunnel() {
+    // The client sends and never reads: the echoes back up until the
+    // gateway's writes to it wait. The tunnel closes after idle_timeout
+    // instead of holding both connections for good.
+    let (addr, _) = echo_server().await;
+    let gw = gateway(addr, "  limits: {idle_timeout: 1s}\n");
+    let mut ws = connect(&gw, "/open", None).await.unwrap();
+    let blob = Message::binary(vec![1u8; 64 << 10]);
+    let mut stalled = false;
+    for _ in 0..2000 {
+        match tokio::time::timeout(Duration::from_millis(500), ws.send(blob.clone())).await {
+            Ok(Ok(())) => {}
+            // The send waits (everything between is full) or the tunnel is gone.
+            Ok(Err(_)) | Err(_) => {
+                stalled = true;
+                break;
+            }
+        }
+    }
+    assert!(stalled, "128 MiB went out without the echoes being read");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Now read: the echoes that were buffered, then the end.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(_))) => {}
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled tunnel was still open");
+}

@@ -32,6 +32,8 @@ use super::server::ConnHold;
 const READ_BUFFER: usize = 16 << 10;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// How long a closing frame may wait for a side to take it.
+const CLOSE_WRITE_LIMIT: Duration = Duration::from_secs(1);
 
 /// How a request asks to become a WebSocket, if it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,8 +179,17 @@ where
                 // in the middle of a frame only sees its stream end.
                 let client_between = from_upstream.between_frames();
                 let upstream_between = from_client.between_frames();
-                let _ = going_away(&mut client, Side::Client, client_between).await;
-                let _ = going_away(&mut upstream, Side::Upstream, upstream_between).await;
+                // A side that takes no bytes does not get to hold the tunnel open.
+                let _ = tokio::time::timeout(
+                    CLOSE_WRITE_LIMIT,
+                    going_away(&mut client, Side::Client, client_between),
+                )
+                .await;
+                let _ = tokio::time::timeout(
+                    CLOSE_WRITE_LIMIT,
+                    going_away(&mut upstream, Side::Upstream, upstream_between),
+                )
+                .await;
                 return if matches!(event, Event::Idle) {
                     "idle"
                 } else {
@@ -203,9 +214,19 @@ where
             Side::Upstream => (&mut from_upstream, &upstream_buf[..n]),
         };
         let (out, oversized) = dir.scan(data);
-        let written = match side {
-            Side::Client => upstream.write_all(&out).await,
-            Side::Upstream => client.write_all(&out).await,
+        let write = async {
+            match side {
+                Side::Client => upstream.write_all(&out).await,
+                Side::Upstream => client.write_all(&out).await,
+            }
+        };
+        // A side that stops reading would otherwise stall the tunnel for
+        // good, past its idle timeout and past shutdown: it gets as long
+        // as an idle tunnel does.
+        let written = tokio::select! {
+            written = write => written,
+            () = tokio::time::sleep(limits.idle_timeout) => return "a side took no bytes for idle_timeout",
+            () = &mut stopping => return "shutting down",
         };
         if written.is_err() {
             return "write failed";
@@ -213,17 +234,14 @@ where
         if oversized {
             // The sender of the oversized frame hears why; the other side
             // that its peer went away.
-            let (to_sender, to_other) = match side {
-                Side::Client => (
-                    close(&mut client, Side::Client, CLOSE_TOO_BIG).await,
-                    close(&mut upstream, Side::Upstream, CLOSE_GOING_AWAY).await,
-                ),
-                Side::Upstream => (
-                    close(&mut upstream, Side::Upstream, CLOSE_TOO_BIG).await,
-                    close(&mut client, Side::Client, CLOSE_GOING_AWAY).await,
-                ),
+            let limit = CLOSE_WRITE_LIMIT;
+            let (sender_code, other_code) = (CLOSE_TOO_BIG, CLOSE_GOING_AWAY);
+            let (client_code, upstream_code) = match side {
+                Side::Client => (sender_code, other_code),
+                Side::Upstream => (other_code, sender_code),
             };
-            let _ = (to_sender, to_other);
+            let _ = tokio::time::timeout(limit, close(&mut client, Side::Client, client_code)).await;
+            let _ = tokio::time::timeout(limit, close(&mut upstream, Side::Upstream, upstream_code)).await;
             return "frame too big";
         }
     }
