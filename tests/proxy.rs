@@ -56,6 +56,7 @@ async fn forwarding_headers_request_id_and_traceparent() {
             .header("x-forwarded-host", "evil.example")
             .header("x-request-id", "client-chosen")
             .header("traceparent", CLIENT_TRACEPARENT)
+            .header("tracestate", "vendor=abc")
             .body(Full::default())
             .unwrap(),
     )
@@ -76,11 +77,33 @@ async fn forwarding_headers_request_id_and_traceparent() {
     let tp = seen.headers["traceparent"].to_str().unwrap();
     assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
     assert!(!tp.contains("00f067aa0ba902b7"));
+    // The trace's vendor state goes with it.
+    assert_eq!(seen.headers["tracestate"], "vendor=abc");
     // Without one, a new trace starts.
     get(&gw.url("/y")).await;
     let tp2 = up.last().headers["traceparent"].to_str().unwrap().to_string();
     assert_eq!(tp2.len(), 55);
     assert!(!tp2.starts_with("00-4bf92f"));
+    // An invalid traceparent starts a new trace too, and the old trace's
+    // tracestate is not passed on as if it were this one's.
+    let r = send(
+        &client_h1(),
+        req("GET", &gw.url("/z"))
+            .header("traceparent", CLIENT_TRACEPARENT.replace("00-", "ff-"))
+            .header("tracestate", "vendor=abc")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert!(
+        !seen.headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .starts_with("00-4bf92f")
+    );
+    assert!(!seen.headers.contains_key("tracestate"));
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub static VIA: HeaderName = HeaderName::from_static("via");
@@ -241,10 +242,19 @@ pub fn is_sampled(traceparent: &[u8]) -> bool {
         .is_some_and(|d| d & 1 == 1)
 }
 
+/// W3C Trace Context §4.3: version `00` is exactly 55 bytes; a later
+/// version (not `ff`) is read by the same first four fields when what
+/// follows them starts with `-`, and continued as version `00`.
 pub fn valid_traceparent(b: &[u8]) -> bool {
     let hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
-    b.len() == 55
-        && &b[..3] == b"00-"
+    let version_fits = match b.get(..2) {
+        Some(b"00") => b.len() == 55,
+        Some(v) => hex(v) && v != b"ff" && (b.len() == 55 || b.get(55) == Some(&b'-')),
+        None => false,
+    };
+    version_fits
+        && b.len() >= 55
+        && b[2] == b'-'
         && b[35] == b'-'
         && b[52] == b'-'
         && hex(&b[3..35])
@@ -376,6 +386,32 @@ mod tests {
                 .unwrap()
                 .ends_with("-01")
         );
+    }
+
+    #[test]
+    fn later_traceparent_versions_are_continued_as_version_00() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for (value, valid) in [
+            (format!("00-{id}"), true),
+            (format!("01-{id}"), true),
+            (format!("cc-{id}-what-comes-later"), true),
+            // Version 00 has exactly four fields.
+            (format!("00-{id}-extra"), false),
+            (format!("ff-{id}"), false),
+            (format!("01-{id}x"), false),
+            (format!("0A-{id}"), false),
+            (format!("00-{}", id.to_uppercase()), false),
+        ] {
+            assert_eq!(valid_traceparent(value.as_bytes()), valid, "{value}");
+        }
+        let later = HeaderValue::from_str(&format!("cc-{id}-later")).unwrap();
+        let next = next_traceparent(Some(&later), true);
+        assert!(
+            next.to_str()
+                .unwrap()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+        assert_eq!(next.len(), 55);
     }
 
     /// Whether a valid `traceparent` is flagged sampled.

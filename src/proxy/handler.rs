@@ -206,8 +206,11 @@ async fn process(
     parts
         .headers
         .insert(settings.request_id_header.clone(), request_id.clone());
-    // Checked by next_traceparent; checked again below only when tracing.
-    let incoming_trace = parts.headers.get(&forwarded::TRACEPARENT);
+    let incoming_trace = parts
+        .headers
+        .get(&forwarded::TRACEPARENT)
+        .filter(|v| forwarded::valid_traceparent(v.as_bytes()));
+    let continued = incoming_trace.is_some();
     let new_sampled = settings.tracer.as_ref().is_none_or(|t| t.sample());
     let traceparent = forwarded::next_traceparent(incoming_trace, new_sampled);
     if let Some(tracer) = &settings.tracer {
@@ -216,9 +219,7 @@ async fn process(
             ex.trace = Some(Box::new(RequestTrace {
                 start: std::time::SystemTime::now(),
                 sent: traceparent.as_bytes().try_into().unwrap_or([b'0'; 55]),
-                parent: incoming_trace
-                    .filter(|v| forwarded::valid_traceparent(v.as_bytes()))
-                    .and_then(|v| v.as_bytes().get(36..52)?.try_into().ok()),
+                parent: incoming_trace.and_then(|v| v.as_bytes().get(36..52)?.try_into().ok()),
                 sampled,
                 upstream_start: None,
                 path: parts.uri.path().to_string(),
@@ -236,6 +237,12 @@ async fn process(
         }
     }
     parts.headers.insert(forwarded::TRACEPARENT.clone(), traceparent);
+    if !continued {
+        // A new trace: the client's `tracestate` belonged to one that is
+        // not continued (W3C Trace Context: without a valid traceparent it
+        // is discarded).
+        parts.headers.remove(&forwarded::TRACESTATE);
+    }
     if settings.via {
         parts.headers.append(forwarded::VIA.clone(), VIA_VALUE.clone());
     }
