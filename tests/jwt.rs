@@ -32,7 +32,10 @@ fn b64(v: &Value) -> String {
 }
 
 async fn call(gw: &Gateway, path: &str, auth: Option<&str>) -> Resp {
-    let mut b = req("GET", &gw.url(path)).header("x-user-id", "forged-by-client");
+    let mut b = req("GET", &gw.url(path))
+        .header("x-user-id", "forged-by-client")
+        // The same to a CGI-style server (HTTP_X_USER_ID).
+        .header("x_user_id", "forged-by-client");
     if let Some(a) = auth {
         b = b.header("authorization", a);
     }
@@ -96,6 +99,7 @@ async fn every_algorithm_verifies_and_claims_are_forwarded() {
         // The client's forged X-User-Id is gone; the claim's value is there.
         assert_eq!(seen.headers.get_all("x-user-id").iter().count(), 1);
         assert_eq!(seen.headers["x-user-id"], "user-1");
+        assert!(!seen.headers.contains_key("x_user_id"));
         assert_eq!(seen.headers["x-scope"], "read write");
     }
     // The same token again: served (from the verified-token cache).

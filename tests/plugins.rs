@@ -77,6 +77,7 @@ async fn request_and_response_transforms() {
         req("GET", &gw.url("/items?debug=1&page=2"))
             .header("x-tag", "client")
             .header("x-env", "dev")
+            .header("x_env", "dev")
             .header("x-debug", "1")
             .header("x-old", "v")
             .body(Full::default())
@@ -94,6 +95,8 @@ async fn request_and_response_transforms() {
         .collect();
     assert_eq!(tags, ["client", "added"]);
     assert_eq!(seen.headers["x-env"], "prod");
+    // A `_` spelling would read as x-env to a CGI-style server.
+    assert!(!seen.headers.contains_key("x_env"));
     assert!(!seen.headers.contains_key("x-debug"));
     assert_eq!(seen.headers["x-new"], "v");
     assert!(!r.headers.contains_key("x-upstream"));

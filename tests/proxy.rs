@@ -57,12 +57,19 @@ async fn forwarding_headers_request_id_and_traceparent() {
             .header("x-request-id", "client-chosen")
             .header("traceparent", CLIENT_TRACEPARENT)
             .header("tracestate", "vendor=abc")
+            // What CGI-style servers read as X-Forwarded-For and X-Request-Id.
+            .header("x_forwarded_for", "6.6.6.6")
+            .header("x-request_id", "client-chosen")
+            .header("api_key", "kept")
             .body(Full::default())
             .unwrap(),
     )
     .await;
     assert_eq!(r.status, 200);
     let seen = up.last();
+    assert!(!seen.headers.contains_key("x_forwarded_for"));
+    assert!(!seen.headers.contains_key("x-request_id"));
+    assert_eq!(seen.headers["api_key"], "kept", "other underscore names pass");
     // An untrusted client cannot plant its own chain.
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");

@@ -165,10 +165,14 @@ impl Jwt {
         ctx: &mut RequestCtx<'_>,
         req: &mut request::Parts,
     ) -> Result<(), GatewayError> {
-        // Headers this plugin sets are never taken from the client.
+        // Headers this plugin sets are never taken from the client, nor
+        // spelled with `_` for `-` (read as the same by CGI-style servers).
         for (_, name) in &self.claims_to_headers {
             req.headers.remove(name);
         }
+        crate::proxy::forwarded::drop_underscore_aliases(&mut req.headers, |n| {
+            self.claims_to_headers.iter().any(|(_, name)| name.as_str() == n)
+        });
         let token = self.token(req).ok_or(NO_TOKEN)?;
         if token.len() > MAX_TOKEN {
             return Err(INVALID);

@@ -71,6 +71,13 @@ impl HeaderOps {
         for (name, value) in &self.set {
             headers.insert(name.clone(), value.clone());
         }
+        // A value `set` is the gateway's: a `_` spelling of its name, read
+        // as the same by CGI-style servers, must not stand beside it.
+        if !self.set.is_empty() {
+            crate::proxy::forwarded::drop_underscore_aliases(headers, |n| {
+                self.set.iter().any(|(name, _)| name.as_str() == n)
+            });
+        }
         for (name, value) in &self.add {
             headers.append(name.clone(), value.clone());
         }

@@ -41,6 +41,38 @@ fn kept_despite_connection(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-forwarded-") || name == X_REAL_IP || name == FORWARDED || name == TRACEPARENT
 }
 
+/// Removes the client's headers that spell one of `owned` with `_` for
+/// `-` (`X_Forwarded_For`, `x-forwarded_for`). CGI-style servers (PHP,
+/// WSGI, Rack) read both spellings as `HTTP_X_FORWARDED_FOR`, so the
+/// client's could stand in for the one the gateway sets. `owned` gets the
+/// name with dashes.
+pub fn drop_underscore_aliases(headers: &mut HeaderMap, owned: impl Fn(&str) -> bool) {
+    let has_underscore = |k: &HeaderName| k.as_str().contains('_');
+    // Most requests have none: one pass over the names.
+    if !headers.keys().any(has_underscore) {
+        return;
+    }
+    let aliases: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| has_underscore(k) && owned(&k.as_str().replace('_', "-")))
+        .cloned()
+        .collect();
+    for name in aliases {
+        headers.remove(name);
+    }
+}
+
+/// What the gateway itself sets on every request: the forwarded chain,
+/// the request id and the trace context.
+pub fn set_by_the_gateway(name: &str, request_id_header: &HeaderName) -> bool {
+    name.starts_with("x-forwarded-")
+        || name == X_REAL_IP
+        || name == FORWARDED
+        || name == TRACEPARENT
+        || name == TRACESTATE
+        || name == request_id_header.as_str()
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
 /// `Connection` header names (but not [`kept_despite_connection`] ones).
 /// Returns whether the message had `TE: trailers` (gRPC needs it passed on
@@ -386,6 +418,26 @@ mod tests {
                 .unwrap()
                 .ends_with("-01")
         );
+    }
+
+    #[test]
+    fn underscore_spellings_of_gateway_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x_forwarded_for",
+            "x-forwarded_host",
+            "x_request_id",
+            "x_real_ip",
+            "api_key",
+            "x-custom",
+        ] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        let request_id = HeaderName::from_static("x-request-id");
+        drop_underscore_aliases(&mut h, |n| set_by_the_gateway(n, &request_id));
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["api_key", "x-custom"]);
     }
 
     #[test]

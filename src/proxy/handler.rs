@@ -190,6 +190,9 @@ async fn process(
         conn.peer.ip()
     };
     let te_trailers = forwarded::strip_hop_by_hop(&mut parts.headers);
+    forwarded::drop_underscore_aliases(&mut parts.headers, |name| {
+        forwarded::set_by_the_gateway(name, &settings.request_id_header)
+    });
     if websocket != Upgrade::No {
         super::websocket::set_upgrade_headers(&mut parts.headers);
     }
