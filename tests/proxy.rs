@@ -61,6 +61,11 @@ async fn forwarding_headers_request_id_and_traceparent() {
             .header("x_forwarded_for", "6.6.6.6")
             .header("x-request_id", "client-chosen")
             .header("api_key", "kept")
+            // What only a proxy may say: prefix, original path, client address.
+            .header("x-forwarded-prefix", "/evil")
+            .header("x-forwarded-port", "1")
+            .header("x-original-url", "/admin")
+            .header("true-client-ip", "6.6.6.6")
             .body(Full::default())
             .unwrap(),
     )
@@ -70,6 +75,17 @@ async fn forwarding_headers_request_id_and_traceparent() {
     assert!(!seen.headers.contains_key("x_forwarded_for"));
     assert!(!seen.headers.contains_key("x-request_id"));
     assert_eq!(seen.headers["api_key"], "kept", "other underscore names pass");
+    for name in [
+        "x-forwarded-prefix",
+        "x-forwarded-port",
+        "x-original-url",
+        "true-client-ip",
+    ] {
+        assert!(
+            !seen.headers.contains_key(name),
+            "{name} from an untrusted client"
+        );
+    }
     // An untrusted client cannot plant its own chain.
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
@@ -120,6 +136,7 @@ async fn trusted_proxies_append_and_trusted_request_ids() {
         &client_h1(),
         req("GET", &gw.url("/x"))
             .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-prefix", "/api")
             .header("x-request-id", "abc-123")
             .body(Full::default())
             .unwrap(),
@@ -129,6 +146,10 @@ async fn trusted_proxies_append_and_trusted_request_ids() {
     assert_eq!(r.header("via"), "1.1 portcullis");
     let seen = up.last();
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        seen.headers["x-forwarded-prefix"], "/api",
+        "a trusted proxy's is kept"
+    );
     assert_eq!(seen.headers["x-request-id"], "abc-123");
     assert_eq!(seen.headers["via"], "1.1 portcullis");
 

@@ -38,7 +38,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// `X-Forwarded-For` that way would leave the trusted proxy's own address
 /// as the client's (Traefik CVE-2024-45410).
 fn kept_despite_connection(name: &HeaderName) -> bool {
-    name.as_str().starts_with("x-forwarded-") || name == X_REAL_IP || name == FORWARDED || name == TRACEPARENT
+    proxy_only(name.as_str()) || name == TRACEPARENT
 }
 
 /// Removes the client's headers that spell one of `owned` with `_` for
@@ -62,15 +62,33 @@ pub fn drop_underscore_aliases(headers: &mut HeaderMap, owned: impl Fn(&str) -> 
     }
 }
 
-/// What the gateway itself sets on every request: the forwarded chain,
-/// the request id and the trace context.
+/// What the gateway itself sets on every request (the forwarded chain,
+/// the request id, the trace context) or only a trusted proxy may send.
 pub fn set_by_the_gateway(name: &str, request_id_header: &HeaderName) -> bool {
+    name == TRACEPARENT || name == TRACESTATE || name == request_id_header.as_str() || proxy_only(name)
+}
+
+/// Fields only a proxy sets, which upstream frameworks believe: the
+/// client's address (`X-Real-IP`, `True-Client-IP`, ...), the scheme,
+/// port and prefix it used (`X-Forwarded-*`: Spring, Rails and Django
+/// build redirects from them; Traefik CVE-2024-52003), and the path it
+/// asked for (`X-Original-URL`, `X-Rewrite-URL`: Symfony and IIS route by
+/// them, past the gateway's path rules). From a peer outside
+/// `trusted_proxies` they are removed.
+fn proxy_only(name: &str) -> bool {
     name.starts_with("x-forwarded-")
-        || name == X_REAL_IP
-        || name == FORWARDED
-        || name == TRACEPARENT
-        || name == TRACESTATE
-        || name == request_id_header.as_str()
+        || matches!(
+            name,
+            "x-real-ip"
+                | "forwarded"
+                | "x-client-ip"
+                | "true-client-ip"
+                | "cf-connecting-ip"
+                | "fastly-client-ip"
+                | "x-cluster-client-ip"
+                | "x-original-url"
+                | "x-rewrite-url"
+        )
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
@@ -203,9 +221,13 @@ pub fn set_forwarded(
     }
     // Backends may believe these; only a trusted proxy may send them. One
     // pass over the names, since they are rarely there.
-    if !peer_trusted && headers.keys().any(|k| k == X_REAL_IP || k == FORWARDED) {
-        headers.remove(&X_REAL_IP);
-        headers.remove(&FORWARDED);
+    let set_above = |k: &HeaderName| k == X_FORWARDED_FOR || k == X_FORWARDED_PROTO || k == X_FORWARDED_HOST;
+    let spoofed = |k: &HeaderName| proxy_only(k.as_str()) && !set_above(k);
+    if !peer_trusted && headers.keys().any(spoofed) {
+        let names: Vec<HeaderName> = headers.keys().filter(|k| spoofed(k)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
     }
 }
 
