@@ -47,7 +47,7 @@ fn kept_despite_connection(name: &HeaderName) -> bool {
 /// client's could stand in for the one the gateway sets. `owned` gets the
 /// name with dashes.
 pub fn drop_underscore_aliases(headers: &mut HeaderMap, owned: impl Fn(&str) -> bool) {
-    let has_underscore = |k: &HeaderName| k.as_str().contains('_');
+    let has_underscore = |k: &HeaderName| k.as_str().as_bytes().contains(&b'_');
     // Most requests have none: one pass over the names.
     if !headers.keys().any(has_underscore) {
         return;
@@ -60,6 +60,29 @@ pub fn drop_underscore_aliases(headers: &mut HeaderMap, owned: impl Fn(&str) -> 
     for name in aliases {
         headers.remove(name);
     }
+}
+
+/// What one pass over a client's field names found, so the rules that
+/// look for rare names cost one pass between them.
+#[derive(Default, Clone, Copy)]
+pub struct Names {
+    /// A name with `_` (see [`drop_underscore_aliases`]).
+    pub underscore: bool,
+    /// A field only a proxy may send (see [`set_forwarded`]).
+    pub proxy_only: bool,
+    /// `tracestate`, dropped when the trace is not continued.
+    pub tracestate: bool,
+}
+
+pub fn scan_names(headers: &HeaderMap) -> Names {
+    let mut names = Names::default();
+    for k in headers.keys() {
+        let s = k.as_str();
+        names.underscore |= s.bytes().any(|b| b == b'_');
+        names.proxy_only |= proxy_only(s);
+        names.tracestate |= k == TRACESTATE;
+    }
+    names
 }
 
 /// What the gateway itself sets on every request (the forwarded chain,
@@ -76,6 +99,10 @@ pub fn set_by_the_gateway(name: &str, request_id_header: &HeaderName) -> bool {
 /// them, past the gateway's path rules). From a peer outside
 /// `trusted_proxies` they are removed.
 fn proxy_only(name: &str) -> bool {
+    // Most names start otherwise: decided on the first byte.
+    if !matches!(name.as_bytes().first(), Some(b'x' | b'f' | b't' | b'c')) {
+        return false;
+    }
     name.starts_with("x-forwarded-")
         || matches!(
             name,
@@ -190,6 +217,7 @@ pub fn set_forwarded(
     peer_trusted: bool,
     proto: &'static str,
     host: Option<&HeaderValue>,
+    names: Names,
 ) {
     let peer_value = peer_value.clone();
     let xff = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
@@ -223,7 +251,7 @@ pub fn set_forwarded(
     // pass over the names, since they are rarely there.
     let set_above = |k: &HeaderName| k == X_FORWARDED_FOR || k == X_FORWARDED_PROTO || k == X_FORWARDED_HOST;
     let spoofed = |k: &HeaderName| proxy_only(k.as_str()) && !set_above(k);
-    if !peer_trusted && headers.keys().any(spoofed) {
+    if !peer_trusted && names.proxy_only {
         let names: Vec<HeaderName> = headers.keys().filter(|k| spoofed(k)).cloned().collect();
         for name in names {
             headers.remove(name);
@@ -365,24 +393,28 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         h.insert("x-real-ip", "6.6.6.6".parse().unwrap());
+        let names = scan_names(&h);
         set_forwarded(
             &mut h,
             &ip_header_value("8.8.8.8".parse().unwrap()),
             false,
             "http",
             Some(&HeaderValue::from_static("api.example.com")),
+            names,
         );
         assert_eq!(h["x-forwarded-for"], "8.8.8.8");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         assert!(h.get("x-real-ip").is_none());
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        let names = scan_names(&h);
         set_forwarded(
             &mut h,
             &ip_header_value("10.0.0.1".parse().unwrap()),
             true,
             "http",
             None,
+            names,
         );
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.1");
     }

@@ -190,9 +190,12 @@ async fn process(
         conn.peer.ip()
     };
     let te_trailers = forwarded::strip_hop_by_hop(&mut parts.headers);
-    forwarded::drop_underscore_aliases(&mut parts.headers, |name| {
-        forwarded::set_by_the_gateway(name, &settings.request_id_header)
-    });
+    let names = forwarded::scan_names(&parts.headers);
+    if names.underscore {
+        forwarded::drop_underscore_aliases(&mut parts.headers, |name| {
+            forwarded::set_by_the_gateway(name, &settings.request_id_header)
+        });
+    }
     if websocket != Upgrade::No {
         super::websocket::set_upgrade_headers(&mut parts.headers);
     }
@@ -205,6 +208,7 @@ async fn process(
         peer_trusted,
         proto,
         host.as_ref(),
+        names,
     );
     parts
         .headers
@@ -240,7 +244,7 @@ async fn process(
         }
     }
     parts.headers.insert(forwarded::TRACEPARENT.clone(), traceparent);
-    if !continued {
+    if !continued && names.tracestate {
         // A new trace: the client's `tracestate` belonged to one that is
         // not continued (W3C Trace Context: without a valid traceparent it
         // is discarded).
