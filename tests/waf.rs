@@ -53,7 +53,7 @@ async fn block_detect_and_exclusions() {
     let r = send(
         &client_h1(),
         req("GET", &gw.url("/api/x"))
-            .header("x-forwarded-user", "() { :; }; /bin/bash -c id")
+            .header("x-api-user", "() { :; }; /bin/bash -c id")
             .body(Full::<Bytes>::default())
             .unwrap(),
     )
