@@ -376,15 +376,6 @@ pub fn load_document(
         source: source.to_string(),
         lines,
     };
-    if errors.is_empty() {
-        let problems = validate::validate(&loaded.config);
-        if problems.is_empty() {
-            return Ok(loaded);
-        }
-        let mut problems = problems;
-        problems.extend(compile_errors(&loaded.config, &partial, &problems, &[]));
-        return Err(loaded.locate(problems));
-    }
     // Fields that did not read are reported; the checks across fields and
     // the compiler's (patterns, plugin options, target URLs) also run on
     // the rest when nothing others refer to was lost, so one round of
@@ -395,6 +386,9 @@ pub fn load_document(
             .into_iter()
             .filter(|p| !partial.covers(&p.path))
             .collect();
+        if errors.is_empty() && problems.is_empty() {
+            return Ok(loaded);
+        }
         let compiled = compile_errors(&loaded.config, &partial, &problems, &errors);
         problems.extend(compiled);
         errors.extend(loaded.locate(problems).errors);

@@ -179,17 +179,8 @@ where
                 // in the middle of a frame only sees its stream end.
                 let client_between = from_upstream.between_frames();
                 let upstream_between = from_client.between_frames();
-                // A side that takes no bytes does not get to hold the tunnel open.
-                let _ = tokio::time::timeout(
-                    CLOSE_WRITE_LIMIT,
-                    going_away(&mut client, Side::Client, client_between),
-                )
-                .await;
-                let _ = tokio::time::timeout(
-                    CLOSE_WRITE_LIMIT,
-                    going_away(&mut upstream, Side::Upstream, upstream_between),
-                )
-                .await;
+                bounded(going_away(&mut client, Side::Client, client_between)).await;
+                bounded(going_away(&mut upstream, Side::Upstream, upstream_between)).await;
                 return if matches!(event, Event::Idle) {
                     "idle"
                 } else {
@@ -234,17 +225,22 @@ where
         if oversized {
             // The sender of the oversized frame hears why; the other side
             // that its peer went away.
-            let limit = CLOSE_WRITE_LIMIT;
-            let (sender_code, other_code) = (CLOSE_TOO_BIG, CLOSE_GOING_AWAY);
             let (client_code, upstream_code) = match side {
-                Side::Client => (sender_code, other_code),
-                Side::Upstream => (other_code, sender_code),
+                Side::Client => (CLOSE_TOO_BIG, CLOSE_GOING_AWAY),
+                Side::Upstream => (CLOSE_GOING_AWAY, CLOSE_TOO_BIG),
             };
-            let _ = tokio::time::timeout(limit, close(&mut client, Side::Client, client_code)).await;
-            let _ = tokio::time::timeout(limit, close(&mut upstream, Side::Upstream, upstream_code)).await;
+            bounded(close(&mut client, Side::Client, client_code)).await;
+            bounded(close(&mut upstream, Side::Upstream, upstream_code)).await;
             return "frame too big";
         }
     }
+}
+
+/// Runs a closing write for at most [`CLOSE_WRITE_LIMIT`]: a side that
+/// takes no bytes does not get to hold the tunnel open. Its outcome does
+/// not matter: the tunnel ends either way.
+async fn bounded(write: impl Future<Output = std::io::Result<()>>) {
+    let _ = tokio::time::timeout(CLOSE_WRITE_LIMIT, write).await;
 }
 
 /// Ends `side`'s stream, with a 1001 close frame first when it is between
