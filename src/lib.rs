@@ -16,6 +16,7 @@
 //!   swapped in atomically, and the admin API.
 //! - [`telemetry`]: Prometheus metrics, the access log, OTLP traces.
 //! - [`yielding`]: long background work (reloads) that yields to requests.
+//! - [`outline`]: rare branches of the request path, polled out of line.
 
 pub mod body;
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod explain;
 pub mod hex;
 pub mod http1;
+pub mod outline;
 pub mod plugins;
 pub mod proxy;
 pub mod redis_client;

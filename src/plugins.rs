@@ -689,6 +689,13 @@ impl Pipeline {
         Pipeline { request, response }
     }
 
+    /// Whether [`Pipeline::on_request`] has anything to run for this
+    /// request: a request-phase plugin of the route (or global), or of the
+    /// consumer already named (by a client certificate).
+    pub fn runs_on_request(&self, ctx: &RequestCtx<'_>) -> bool {
+        !self.request.is_empty() || ctx.consumer.as_ref().is_some_and(|c| !c.request.is_empty())
+    }
+
     /// Runs the request phases in order until one answers. Once an auth
     /// phase has named a consumer with plugins of its own, the phases after
     /// auth use the consumer's plugins: they replace route and global ones of

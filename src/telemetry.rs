@@ -127,7 +127,7 @@ impl Exchange {
 
     /// The response is done (or abandoned) after `bytes_out` body bytes;
     /// `rt` is the runtime the request ran on.
-    pub fn finish(self, rt: &Runtime, bytes_out: u64) {
+    pub fn finish(mut self, rt: &Runtime, bytes_out: u64) {
         let elapsed = crate::clock::now().saturating_duration_since(self.start);
         let m = metrics();
         let route = self.route.map(|i| &rt.routes[i]);
@@ -153,41 +153,68 @@ impl Exchange {
         }
         let upstream = route.and_then(|r| r.upstream());
         if let (Some(t), Some(tracer)) = (&self.trace, &rt.settings.tracer) {
-            tracer.record(
-                t,
-                &trace::SpanInfo {
-                    method: self.method.as_str(),
-                    route: route.map(|r| &*r.name),
-                    status: self.status,
-                    end: std::time::SystemTime::now(),
-                    upstream: upstream.map(|u| &*u.name),
-                    target: self.target.as_ref().map(|t| &t.authority),
-                    upstream_status: self.upstream_status,
-                    upstream_time: self.upstream_time,
-                },
-            );
+            record_span(tracer, t, &self, route, upstream);
         }
-        if let (Some(mut log), Some(writer)) = (self.log, &rt.settings.access_log) {
-            let outcome = access_log::Outcome {
-                peer: self.peer,
-                status: self.status,
-                bytes_in: match &log.bytes_in {
-                    BytesIn::Known(n) => *n,
-                    BytesIn::Counted(c) => c.load(Ordering::Relaxed),
-                },
-                bytes_out,
-                duration: elapsed,
-                upstream_time: self.upstream_time,
-                route: route.map(|r| &*r.name_json),
-                upstream: upstream.map(|u| &*u.name_json),
-                target: self.target.as_ref().map(|t| &*t.label_json),
-                consumer: log.consumer.as_deref(),
-            };
-            if let Some(line) = &mut log.line {
-                writer.log(line.end(&outcome));
-            }
+        if let (Some(mut log), Some(writer)) = (self.log.take(), &rt.settings.access_log) {
+            write_log(writer, &mut log, &self, elapsed, bytes_out, route, upstream);
         }
     }
+}
+
+// The span and the log line are written out of line (`inline(never)`):
+// inlined, their code would spread the request path's over more
+// instruction-cache lines for requests that write neither (`outline.rs`).
+
+#[inline(never)]
+fn record_span(
+    tracer: &trace::Tracer,
+    t: &trace::RequestTrace,
+    ex: &Exchange,
+    route: Option<&crate::snapshot::Route>,
+    upstream: Option<&crate::upstream::Upstream>,
+) {
+    tracer.record(
+        t,
+        &trace::SpanInfo {
+            method: ex.method.as_str(),
+            route: route.map(|r| &*r.name),
+            status: ex.status,
+            end: std::time::SystemTime::now(),
+            upstream: upstream.map(|u| &*u.name),
+            target: ex.target.as_ref().map(|t| &t.authority),
+            upstream_status: ex.upstream_status,
+            upstream_time: ex.upstream_time,
+        },
+    );
+}
+
+#[inline(never)]
+fn write_log(
+    writer: &access_log::AccessLog,
+    log: &mut LogFields,
+    ex: &Exchange,
+    elapsed: Duration,
+    bytes_out: u64,
+    route: Option<&crate::snapshot::Route>,
+    upstream: Option<&crate::upstream::Upstream>,
+) {
+    let Some(line) = &mut log.line else { return };
+    let outcome = access_log::Outcome {
+        peer: ex.peer,
+        status: ex.status,
+        bytes_in: match &log.bytes_in {
+            BytesIn::Known(n) => *n,
+            BytesIn::Counted(c) => c.load(Ordering::Relaxed),
+        },
+        bytes_out,
+        duration: elapsed,
+        upstream_time: ex.upstream_time,
+        route: route.map(|r| &*r.name_json),
+        upstream: upstream.map(|u| &*u.name_json),
+        target: ex.target.as_ref().map(|t| &*t.label_json),
+        consumer: log.consumer.as_deref(),
+    };
+    writer.log(line.end(&outcome));
 }
 
 /// A request id as log text. Ids are printable ASCII (generated hex, or

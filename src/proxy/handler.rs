@@ -22,6 +22,7 @@ use super::websocket::Upgrade;
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::config::Protocol;
 use crate::error::GatewayError;
+use crate::outline::outlined;
 use crate::plugins::cache::Plan;
 use crate::plugins::{Flow, RequestCtx};
 use crate::router::path;
@@ -283,7 +284,13 @@ async fn process(
         .compresses
         .then(|| crate::plugins::compression::accept_encoding(&parts.headers))
         .flatten();
-    let flow = route.pipeline.on_request(&mut ctx, &mut parts, &mut body).await;
+    // Most routes run no request plugin: the chain's code (every plugin's)
+    // is then not even polled, and out of line when it runs.
+    let flow = if route.pipeline.runs_on_request(&ctx) {
+        outlined(route.pipeline.on_request(&mut ctx, &mut parts, &mut body)).await
+    } else {
+        Ok(Flow::Continue)
+    };
     ex.quota = ctx.quota;
     ex.cors = ctx.cors.take();
     if let Err(GatewayError::RateLimited { .. }) = &flow {
@@ -332,8 +339,9 @@ async fn process(
         }
         Action::Transcode { upstream, transcoder } if !crate::proxy::transcode::is_grpc(&parts.headers) => {
             let path = normalized.as_deref().unwrap_or(parts.uri.path()).to_string();
-            // Boxed: rare branches keep the common request future small (it is moved whole).
-            Box::pin(transcoder.run(route, upstream, &ctx, host, parts, &path, body, ex)).await?
+            // Out of line: rare branches keep the common request future
+            // small (it is moved whole) and its code dense (`outline.rs`).
+            outlined(transcoder.run(route, upstream, &ctx, host, parts, &path, body, ex)).await?
         }
         Action::Aggregate(agg) => {
             let path = normalized.as_deref().unwrap_or(parts.uri.path());
@@ -343,7 +351,7 @@ async fn process(
                 req: &parts,
                 ctx: &ctx,
             };
-            Box::pin(agg.run(route, &values, ex)).await?
+            outlined(agg.run(route, &values, ex)).await?
         }
         // Proxied as is (a native gRPC request on a transcoding route too).
         Action::Proxy { .. } | Action::Transcode { .. } => {
@@ -364,7 +372,7 @@ async fn process(
             }
             if websocket != Upgrade::No {
                 let hold = conn.hold.clone();
-                return Box::pin(upgrade(
+                return outlined(upgrade(
                     rt, route, upstream, &ctx, host, parts, pq, body, hold, ex,
                 ))
                 .await;
@@ -375,7 +383,7 @@ async fn process(
                 Protocol::Http2 | Protocol::Grpc => super::grpc_web::variant(&parts.headers),
             };
             let body = match grpc_web {
-                Some(v) => super::grpc_web::request(v, &mut parts, body).await?,
+                Some(v) => outlined(super::grpc_web::request(v, &mut parts, body)).await?,
                 None => body,
             };
             let plan = match route.pipeline.cache(&ctx) {
@@ -384,7 +392,7 @@ async fn process(
                     let cache_host = host.as_ref().map(|h| route_host(h.as_str()));
                     let client_path = normalized.as_deref().unwrap_or(parts.uri.path());
                     let plan =
-                        Box::pin(cache.plan(&ctx, &parts, cache_host.as_deref().unwrap_or(""), client_path))
+                        outlined(cache.plan(&ctx, &parts, cache_host.as_deref().unwrap_or(""), client_path))
                             .await;
                     telemetry::metrics()
                         .cache_requests
@@ -413,7 +421,7 @@ async fn process(
                         None => resp,
                     };
                     match plan {
-                        Some(plan) => Box::pin(plan.finish(resp)).await,
+                        Some(plan) => outlined(plan.finish(resp)).await,
                         None => resp,
                     }
                 }

@@ -37,6 +37,7 @@ use tokio::time::{Instant, Sleep};
 use super::http1::{self, HandedBack};
 use super::retry;
 use crate::body::{BoxError, RequestBody};
+use crate::outline::outlined;
 
 /// Why a call to an upstream failed.
 #[derive(Debug)]
@@ -211,32 +212,16 @@ impl Pool {
         mut req: Request<RequestBody>,
         head_deadline: Instant,
     ) -> Result<Response<Body>, SendError> {
+        // The HTTP/2 exchange, upgrades and dials are polled out of line
+        // (`outline.rs`): a connection's task reserves room for the largest
+        // future a request may await, and its code carries every branch
+        // inlined, whether or not a request gets there.
         if self.cfg.http2 {
-            // Streams share the connection: each keeps its own timer. The
-            // dial, the rare path, is boxed, as the other cold paths below
-            // are: a connection's task reserves room for the largest future
-            // a request may await, whether or not it gets there.
-            let sender = match self.open_h2() {
-                Some(s) => s,
-                None => match tokio::time::timeout_at(head_deadline, Box::pin(self.h2_sender())).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return Err(SendError::unsent(e, req)),
-                    Err(_) => return Err(SendError::unsent(CallError::ConnectTimeout, req)),
-                },
-            };
-            let mut sender = sender;
-            return match tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await {
-                Ok(Ok(resp)) => Ok(resp.map(Body::Hyper)),
-                Ok(Err(mut e)) => Err(match e.take_message() {
-                    Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error().into()), unsent),
-                    None => SendError::sent(CallError::Exchange(e.into_error().into())),
-                }),
-                Err(_) => Err(SendError::sent(CallError::HeadTimeout)),
-            };
+            return outlined(self.send_h2(req, head_deadline)).await;
         }
         // Marked by the handler; an empty extension map makes this check free.
         if req.extensions().get::<UpgradeRequest>().is_some() {
-            return Box::pin(self.send_upgrade(req, head_deadline)).await;
+            return outlined(self.send_upgrade(req, head_deadline)).await;
         }
         // Set once a pooled connection closed under a written request:
         // that request goes on a new connection, so it is sent at most twice.
@@ -245,7 +230,7 @@ impl Pool {
             let pooled = if redial { None } else { self.idle.take() };
             let (conn, fresh) = match pooled {
                 Some(c) => (c, false),
-                None => match Box::pin(self.connect()).await {
+                None => match outlined(self.connect()).await {
                     Ok(io) => (http1::Conn::new(io), true),
                     Err(e) => return Err(SendError::unsent(e, req)),
                 },
@@ -274,6 +259,24 @@ impl Pool {
         }
     }
 
+    /// One exchange on the shared HTTP/2 connection (dialled if there is
+    /// none). Streams share the connection: each keeps its own timer.
+    async fn send_h2(
+        &self,
+        req: Request<RequestBody>,
+        head_deadline: Instant,
+    ) -> Result<Response<Body>, SendError> {
+        let mut sender = match self.open_h2() {
+            Some(s) => s,
+            None => match tokio::time::timeout_at(head_deadline, self.h2_sender()).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(SendError::unsent(e, req)),
+                Err(_) => return Err(SendError::unsent(CallError::ConnectTimeout, req)),
+            },
+        };
+        exchanged(tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await)
+    }
+
     /// An upgrade request on a new connection of its own, driven with
     /// upgrades on so that a 101 hands the connection over.
     async fn send_upgrade(
@@ -294,14 +297,7 @@ impl Pool {
             let e = std::io::Error::other("connection closed during handshake");
             return Err(SendError::unsent(CallError::Connect(e), req));
         }
-        match tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await {
-            Ok(Ok(resp)) => Ok(resp.map(Body::Hyper)),
-            Ok(Err(mut e)) => Err(match e.take_message() {
-                Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error().into()), unsent),
-                None => SendError::sent(CallError::Exchange(e.into_error().into())),
-            }),
-            Err(_) => Err(SendError::sent(CallError::HeadTimeout)),
-        }
+        exchanged(tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await)
     }
 
     async fn connect(&self) -> Result<UpstreamIo, CallError> {
@@ -575,5 +571,23 @@ impl AsyncWrite for UpstreamIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A hyper client exchange's outcome within the head deadline; the request
+/// is handed back when hyper did not send it.
+fn exchanged(
+    outcome: Result<
+        Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>,
+        tokio::time::error::Elapsed,
+    >,
+) -> Result<Response<Body>, SendError> {
+    match outcome {
+        Ok(Ok(resp)) => Ok(resp.map(Body::Hyper)),
+        Ok(Err(mut e)) => Err(match e.take_message() {
+            Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error().into()), unsent),
+            None => SendError::sent(CallError::Exchange(e.into_error().into())),
+        }),
+        Err(_) => Err(SendError::sent(CallError::HeadTimeout)),
     }
 }
