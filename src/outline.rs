@@ -4,12 +4,12 @@
 //! request's state machine carries the code of every branch it may take:
 //! the request handler's was 100 KB (the plugin chain, the transcoder,
 //! aggregation, upgrades, the cache), with the part a plain proxied request
-//! runs scattered through it. Where the instruction cache is small, fetching
-//! that code costs more than running it (docs/benchmarks.md, "Instruction
-//! cache"). A future awaited through [`outlined`] is polled through a
-//! vtable, so its code stays in a function of its own; the price is one
-//! allocation when the branch is taken, which also keeps the caller's
-//! future small.
+//! runs scattered through it, over more instruction-cache lines (a CPU
+//! with a small one spends more of a request fetching code than nginx
+//! does: docs/benchmarks.md, "2026-12-06"). A future awaited through
+//! [`outlined`] is polled through a vtable, so its code stays in a function
+//! of its own; the price is one allocation when the branch is taken, which
+//! also keeps the caller's future small.
 
 use std::future::Future;
 use std::pin::Pin;
