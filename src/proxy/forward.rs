@@ -20,7 +20,6 @@ use super::forwarded;
 use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, ResponseBody, caused_by, find_cause};
 use crate::config::Protocol;
 use crate::error::GatewayError;
-use crate::outline::outlined;
 use crate::plugins::RequestCtx;
 use crate::snapshot::Route;
 use crate::telemetry::metrics::{Name, UpstreamLabel, UpstreamRequestLabels};
@@ -77,7 +76,7 @@ pub async fn forward(
     // upstream: only for idempotent methods, small bodies, and a policy
     // that retries such failures.
     let replay = if policy.attempts > 0 && policy.on.after_send() && retry::is_idempotent(&parts.method) {
-        outlined(body.replayable(REPLAY_LIMIT))
+        body.replayable(REPLAY_LIMIT)
             .await?
             .map(|data| Replay::new(&parts, data))
     } else {
