@@ -7,7 +7,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends musl-tools cmak
     && rm -rf /var/lib/apt/lists/* \
     && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY link ./link
 COPY src ./src
 COPY benches ./benches
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl \

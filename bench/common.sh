@@ -4,6 +4,11 @@
 # upstream, out of the harness's read-only tree; exports UPSTREAM_BIN.
 build_bench() {
   cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
+  build_upstream
+}
+
+# build_upstream: the shared harness's upstream only; exports UPSTREAM_BIN.
+build_upstream() {
   CARGO_TARGET_DIR="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target" \
     cargo build --release --manifest-path "$HARNESS/upstream/Cargo.toml" >&2
   export UPSTREAM_BIN="${BENCH_WORK:-/tmp/portcullis-bench}/upstream-target/release/upstream"

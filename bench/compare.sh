@@ -22,6 +22,8 @@ mkdir -p "$WORK"
 
 . "$ROOT/bench/common.sh"
 build_bench
+# A stale link order (bench/hot-symbols.sh) measures a slower layout.
+"$ROOT/bench/hot-symbols.sh" --check || true
 
 PORT=19500
 bench_config "$PORT" >"$WORK/bench.yaml"

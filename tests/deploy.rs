@@ -2,7 +2,8 @@
 //! linted by yamllint, the Kubernetes ConfigMap's config validated, and a
 //! real Prometheus scraping a running gateway to prove every metric the
 //! rules and the dashboard use exists. (.ci/run installs prometheus and
-//! yamllint from Debian.)
+//! yamllint from Debian.) And the link order of the release binary
+//! (link/hot-symbols.txt) is a list the linker can read.
 
 mod support;
 
@@ -182,4 +183,41 @@ async fn prometheus_scrapes_every_metric_the_rules_and_dashboard_use() {
         missing.is_empty(),
         "Prometheus never saw {missing:?} (wanted {wanted:?})"
     );
+}
+
+/// build.rs hands link/hot-symbols.txt to lld as is. lld skips a name the
+/// binary lacks without a word, so a line that is not one symbol name
+/// (mangled, as in the binary) would be lost silently: every line but
+/// comments must be one, listed once, and the profile it came from must
+/// have been of the proxy.
+#[test]
+fn link_order_lists_each_function_once_by_its_symbol_name() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/link/hot-symbols.txt")).unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(names.len() >= 50, "only {} functions listed", names.len());
+    let mut seen = BTreeSet::new();
+    for name in &names {
+        // Rust's mangled names (legacy `_ZN..E`, v0 `_R..`) and C's (mimalloc)
+        // are made of these; a space or a demangled `::` is not.
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_$.".contains(&b)),
+            "not one symbol name: {name:?}"
+        );
+        assert!(seen.insert(*name), "listed twice: {name}");
+    }
+    let hottest = &names[..20];
+    for part in [
+        "10portcullis5proxy7handler7process",
+        "10portcullis8upstream4pool4Pool4send",
+    ] {
+        assert!(
+            hottest.iter().any(|n| n.contains(part)),
+            "{part} is not among the 20 hottest"
+        );
+    }
 }
