@@ -26,16 +26,10 @@ export BENCH_UPSTREAM=127.0.0.1:19900
 UP=$!
 trap 'kill $UP 2>/dev/null || true' EXIT
 bench_config 19901 >"$WORK/config.yaml"
-SIM=()
-if [ -n "${CACHE:-}" ]; then SIM=(--cache-sim=yes); fi
+SIM=""
+if [ -n "${CACHE:-}" ]; then SIM=--cache-sim=yes; fi
 total() { # N: the program's totals after N requests (Ir, then I1mr D1mr D1mw with CACHE=1)
-  valgrind --tool=callgrind "${SIM[@]}" --callgrind-out-file="$WORK/cg.$1.out" \
-    "$BIN" run -c "$WORK/config.yaml" --workers 1 --no-watch --log-level error >/dev/null 2>&1 &
-  local pid=$!
-  for _ in $(seq 300); do curl -fs -o /dev/null http://127.0.0.1:19901/x && break; sleep 0.1; done
-  h2load --h1 -n "$1" -c "${CONNS:-8}" http://127.0.0.1:19901/anything >/dev/null
-  kill -TERM $pid
-  wait $pid || true
+  under_callgrind "$WORK/cg.$1.out" 19901 "$1" "$SIM" --h1 -c "${CONNS:-8}"
   awk '/^events:/ { for (i = 2; i <= NF; i++) at[$i] = i }
        /^summary:/ { print $at["Ir"], $at["I1mr"] + 0, $at["D1mr"] + 0, $at["D1mw"] + 0 }' "$WORK/cg.$1.out"
 }

@@ -36,3 +36,21 @@ routes:
     plugins: ${3:-{\}}
 YAML
 }
+
+# under_callgrind OUT PORT N VALGRIND_OPTS H2LOAD_ARGS...: the gateway
+# ($BIN, one worker, $WORK/config.yaml listening on PORT) under callgrind,
+# writing OUT, loaded with N requests by one h2load run, then stopped.
+# bench/callgrind.sh and bench/hot-symbols.sh subtract a short run from a
+# long one, so start-up and shutdown drop out.
+under_callgrind() {
+  local out=$1 port=$2 n=$3 opts=$4
+  shift 4
+  # shellcheck disable=SC2086 # VALGRIND_OPTS is several options, or none
+  valgrind --tool=callgrind $opts --callgrind-out-file="$out" \
+    "$BIN" run -c "$WORK/config.yaml" --workers 1 --no-watch --log-level error >/dev/null 2>&1 &
+  local pid=$!
+  for _ in $(seq 300); do curl -fs -o /dev/null "http://127.0.0.1:$port/x" && break; sleep 0.1; done
+  h2load "$@" -n "$n" "http://127.0.0.1:$port/anything" >/dev/null
+  kill -TERM $pid
+  wait $pid || true
+}

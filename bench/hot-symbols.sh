@@ -58,13 +58,7 @@ bench_config 19911 >"$WORK/config.yaml"
 # profile NAME N [H2LOAD_ARGS]: per-function instructions after N requests
 # ("Ir name" lines, names as the binary spells them).
 profile() {
-  valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/$1.$2.out" \
-    "$BIN" run -c "$WORK/config.yaml" --workers 1 --no-watch --log-level error >/dev/null 2>&1 &
-  local pid=$!
-  for _ in $(seq 300); do curl -fs -o /dev/null http://127.0.0.1:19911/x && break; sleep 0.1; done
-  h2load "${@:3}" -n "$2" -c 64 http://127.0.0.1:19911/anything >/dev/null
-  kill -TERM $pid
-  wait $pid || true
+  under_callgrind "$WORK/$1.$2.out" 19911 "$2" --demangle=no "${@:3}" -c 64
   callgrind_annotate --threshold=100 "$WORK/$1.$2.out" |
     sed -nE 's/^ *([0-9,]+) \( *[0-9.]+%\)  [^:]*:([^ ]+) \[.*\]$/\1 \2/p' | tr -d , >"$WORK/$1.$2.txt"
 }
