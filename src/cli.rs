@@ -304,7 +304,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(crate::run(startup, shutdown_signal())) {
+            match rt.block_on(crate::run(startup, || {}, shutdown_signal())) {
                 Ok(()) => {
                     tracing::info!("stopped");
                     ExitCode::SUCCESS

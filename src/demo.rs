@@ -30,8 +30,10 @@ struct Demo {
 /// Runs the demo until `shutdown`; the error is one line for the user.
 pub async fn run(port: u16, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let address = SocketAddr::from(([127, 0, 0, 1], port));
-    // Said before anything starts: the one failure a newcomer may hit.
-    std::net::TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    // Said before anything starts: the one failure a newcomer may hit. Held
+    // while the services bind, so that none of them takes the port.
+    let reserved =
+        std::net::TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let users = services::start(services::Kind::Users).await?;
     let orders = services::start(services::Kind::Orders).await?;
     let recs = services::start(services::Kind::Recommendations).await?;
@@ -57,8 +59,10 @@ pub async fn run(port: u16, shutdown: impl Future<Output = ()>) -> Result<(), St
         }
         () = std::future::ready(()) => {}
     }
-    print!("{}", demo.tour);
-    let result = crate::run(startup, shutdown).await;
+    drop(reserved);
+    // The tour only once the gateway accepts connections: its first command
+    // may run at once.
+    let result = crate::run(startup, || print!("{}", demo.tour), shutdown).await;
     let _ = std::fs::remove_dir_all(&demo.dir);
     result
 }

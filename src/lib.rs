@@ -76,8 +76,13 @@ impl Startup {
 
 /// Binds the listeners (and the admin API) of the config and serves until
 /// `shutdown` resolves, then drains for `server.shutdown_timeout`. The
-/// config file is watched, and reloaded on `SIGHUP`.
-pub async fn run(startup: Startup, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+/// config file is watched, and reloaded on `SIGHUP`. `listening` runs once,
+/// when every listener is bound: from then on a connection is accepted.
+pub async fn run(
+    startup: Startup,
+    listening: impl FnOnce(),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     let config = &startup.state.loaded.config;
     let specs: Vec<_> = config
         .server
@@ -119,6 +124,7 @@ pub async fn run(startup: Startup, shutdown: impl Future<Output = ()>) -> Result
         upstreams = startup.runtime.upstreams.len(),
         "config loaded"
     );
+    listening();
     telemetry::on_runtime(&startup.runtime);
     startup.runtime.start();
     let handle = Arc::new(ArcSwap::from_pointee(startup.runtime));

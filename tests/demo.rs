@@ -93,6 +93,9 @@ fn every_tour_command_answers_as_the_tour_says() {
     let port = free_port();
     let started = Instant::now();
     let demo = start(port);
+    // The tour is printed once the gateway accepts connections: a newcomer
+    // may paste its first command at once.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the gateway listens once the tour is printed");
     let tour_text = demo.tour.join("\n");
     assert!(
         tour_text.contains(&format!("Portcullis demo on http://127.0.0.1:{port}")),
