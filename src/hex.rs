@@ -25,12 +25,23 @@ pub fn encode(bytes: &[u8]) -> String {
 /// Lowercase hex of `bytes` into `out`, two digits a byte (as many bytes
 /// as `out` has room for).
 pub fn encode_into(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
+        pair.copy_from_slice(&PAIRS[usize::from(*b)]);
     }
 }
+
+/// The two digits of every byte: one load a byte instead of two (request
+/// ids and trace ids are 56 bytes of hex a request).
+static PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [DIGITS[b >> 4], DIGITS[b & 0xf]];
+        b += 1;
+    }
+    pairs
+};
 
 #[cfg(test)]
 mod tests {
@@ -44,5 +55,8 @@ mod tests {
     #[test]
     fn encodes_lowercase() {
         assert_eq!(super::encode(&[0x0a, 0xff, 0x10]), "0aff10");
+        let every: Vec<u8> = (0..=255).collect();
+        let expected: String = every.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(super::encode(&every), expected);
     }
 }

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 
@@ -281,7 +282,7 @@ fn write_ipv4(buf: &mut [u8; 15], ip: std::net::Ipv4Addr) -> usize {
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
     crate::hex::encode_into(&mut buf, &fastrand::u128(..).to_be_bytes());
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    crate::http1::header_value(Bytes::copy_from_slice(&buf)).expect("hex is a valid header value")
 }
 
 /// Accepts a client's request id only if it is short and printable.
@@ -309,7 +310,7 @@ pub fn next_traceparent(incoming: Option<&HeaderValue>, new_sampled: bool) -> He
         None => crate::hex::encode_into(&mut buf[3..35], &fastrand::u128(1..).to_be_bytes()),
     }
     crate::hex::encode_into(&mut buf[36..52], &fastrand::u64(1..).to_be_bytes());
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    crate::http1::header_value(Bytes::copy_from_slice(&buf)).expect("hex is a valid header value")
 }
 
 /// The sampled bit of a (valid) `traceparent`'s flags.

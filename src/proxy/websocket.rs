@@ -57,18 +57,19 @@ pub fn upgrade_kind(parts: &request::Parts) -> Upgrade {
     {
         return Upgrade::Http2;
     }
+    // `Upgrade` first: one lookup decides for the requests that have none.
     let h1 = parts.version == Version::HTTP_11
         && parts.method == Method::GET
+        && parts
+            .headers
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && parts
             .headers
             .get_all(CONNECTION)
             .iter()
             .flat_map(|v| v.to_str().unwrap_or("").split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        && parts
-            .headers
-            .get(UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     if h1 { Upgrade::Http1 } else { Upgrade::No }
 }
 
