@@ -307,10 +307,22 @@ pub fn next_traceparent(incoming: Option<&HeaderValue>, new_sampled: bool) -> He
             buf[3..35].copy_from_slice(&b[3..35]);
             buf[53..55].copy_from_slice(&b[53..55]);
         }
-        None => crate::hex::encode_into(&mut buf[3..35], &fastrand::u128(1..).to_be_bytes()),
+        None => crate::hex::encode_into(&mut buf[3..35], &nonzero(fastrand::u128).to_be_bytes()),
     }
-    crate::hex::encode_into(&mut buf[36..52], &fastrand::u64(1..).to_be_bytes());
+    crate::hex::encode_into(&mut buf[36..52], &nonzero(fastrand::u64).to_be_bytes());
     crate::http1::header_value(Bytes::copy_from_slice(&buf)).expect("hex is a valid header value")
+}
+
+/// A random id other than zero (W3C Trace Context: all-zero ids are
+/// invalid). The full range redrawn on zero, not `1..`: fastrand maps a
+/// range with a division, a 128-bit one in software for trace ids.
+fn nonzero<T: Default + PartialEq>(draw: impl Fn(std::ops::RangeFull) -> T) -> T {
+    loop {
+        let id = draw(..);
+        if id != T::default() {
+            return id;
+        }
+    }
 }
 
 /// The sampled bit of a (valid) `traceparent`'s flags.
