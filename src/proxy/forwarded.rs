@@ -69,6 +69,9 @@ pub struct Names {
     pub proxy_only: bool,
     /// `tracestate`, dropped when the trace is not continued.
     pub tracestate: bool,
+    /// `traceparent`: only then is there a trace to continue (most
+    /// requests have none, and a lookup hashes the name).
+    pub traceparent: bool,
 }
 
 pub fn scan_names(headers: &HeaderMap) -> Names {
@@ -78,6 +81,7 @@ pub fn scan_names(headers: &HeaderMap) -> Names {
         names.underscore |= s.bytes().any(|b| b == b'_');
         names.proxy_only |= proxy_only(s);
         names.tracestate |= k == TRACESTATE;
+        names.traceparent |= k == TRACEPARENT;
     }
     names
 }

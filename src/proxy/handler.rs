@@ -214,9 +214,10 @@ async fn process(
     parts
         .headers
         .insert(settings.request_id_header.clone(), request_id.clone());
-    let incoming_trace = parts
-        .headers
-        .get(&forwarded::TRACEPARENT)
+    let incoming_trace = names
+        .traceparent
+        .then(|| parts.headers.get(&forwarded::TRACEPARENT))
+        .flatten()
         .filter(|v| forwarded::valid_traceparent(v.as_bytes()));
     let continued = incoming_trace.is_some();
     let new_sampled = settings.tracer.as_ref().is_none_or(|t| t.sample());
