@@ -208,9 +208,11 @@ fn plain_ascii(b: &[u8]) -> bool {
     let mut words = b.chunks_exact(8);
     for word in &mut words {
         let x = u64::from_ne_bytes(word.try_into().expect("eight bytes"));
-        // With no high bit set (checked first), `x - 0x20…` borrows into a
-        // byte's high bit exactly when that byte is below 0x20; and a byte
-        // equal to 0x7F is a zero byte of `x ^ 0x7F…`, found the same way.
+        // A byte of 0x80 or more fails by its own high bit (`x` is in the
+        // test). Among the others, `x - 0x20…` sets the high bit of the
+        // lowest byte below 0x20, if any, and of none otherwise (no byte
+        // borrows unless one is below 0x20); a byte of 0x7F is a zero byte
+        // of `x ^ 0x7F…`, found the same way with `- 0x01…`.
         let below_space = x.wrapping_sub(SPACE) & !x;
         let d = x ^ DEL;
         let del = d.wrapping_sub(ONES) & !d;
