@@ -88,7 +88,7 @@ impl Endpoint {
         let exchange = async {
             let resp = self
                 .pool
-                .send(req, deadline)
+                .send(Box::new(req), deadline)
                 .await
                 .map_err(|e| format!("{:?}", e.error))?;
             read(resp).await

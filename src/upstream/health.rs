@@ -217,7 +217,7 @@ async fn check(
         }
     }
     let exchange = async {
-        let resp = target.pool.send(req, deadline).await.ok()?;
+        let resp = target.pool.send(Box::new(req), deadline).await.ok()?;
         let passed = resp.status().is_success() || resp.status().is_redirection();
         let mut body = resp.into_body();
         let mut read = 0;

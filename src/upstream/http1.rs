@@ -64,12 +64,12 @@ pub(super) struct Failed {
 /// What a failed exchange gives back of its request.
 pub(super) enum HandedBack {
     /// Not one byte of it was written: it may go anywhere, whatever its method.
-    Unsent(Request<RequestBody>),
+    Unsent(Box<Request<RequestBody>>),
     /// A request without a body, written whole, on a connection the
     /// upstream then closed or reset before one byte of answer: what an
     /// upstream's idle timeout does to a request that crosses its close.
     /// The pool judges whether it may go again (RFC 9112 §9.3.1).
-    Unanswered(Request<RequestBody>),
+    Unanswered(Box<Request<RequestBody>>),
     /// Nothing: it may have been acted on, or its body is spent.
     Nothing,
 }
@@ -124,12 +124,11 @@ impl Conn {
     /// request).
     pub(super) async fn send(
         mut self: Box<Self>,
-        req: Request<RequestBody>,
+        mut req: Box<Request<RequestBody>>,
         head_deadline: Instant,
         idle: &Arc<Idle>,
     ) -> Result<Response<Body>, Failed> {
-        let (mut parts, mut body) = req.into_parts();
-        let framing = encode_head(&mut self.write, &parts, &body);
+        let framing = encode_head(&mut self.write, &req);
         let head_only = framing == RequestFraming::None;
         self.io.set_head_deadline(Some(head_deadline));
         let mut out = Outgoing {
@@ -142,14 +141,15 @@ impl Conn {
             flushed: false,
             started: false,
         };
-        let to_head = parts.method == Method::HEAD;
+        let to_head = req.method() == Method::HEAD;
+        let body = req.body_mut();
         // A failed write, kept while the answer may still be readable.
         let mut broken: Option<io::Error> = None;
         let read_head = poll_fn(|cx| {
             // Write while the upstream takes it, and read meanwhile: an
             // upstream may answer (and stop reading) before the body's end.
             if !out.flushed && broken.is_none() {
-                match out.poll_write(cx, &mut self.io, &mut self.write, &mut body) {
+                match out.poll_write(cx, &mut self.io, &mut self.write, body) {
                     Poll::Ready(Err(Stop::Fatal(e))) => return Poll::Ready(Err(e)),
                     // Not started, or the upstream stopped reading (the
                     // write timeout): nothing more to wait for.
@@ -174,16 +174,16 @@ impl Conn {
             Ok(head) => head,
             Err(error) => {
                 let request = if !out.started {
-                    HandedBack::Unsent(Request::from_parts(parts, body))
+                    HandedBack::Unsent(req)
                 } else if head_only && self.read.is_empty() && closed_under(&error) {
-                    HandedBack::Unanswered(Request::from_parts(parts, body))
+                    HandedBack::Unanswered(req)
                 } else {
                     HandedBack::Nothing
                 };
                 return Err(Failed { error, request });
             }
         };
-        crate::http1::recycle(std::mem::take(&mut parts.headers));
+        crate::http1::recycle(std::mem::take(req.headers_mut()));
         let Head {
             response,
             framing,
@@ -235,15 +235,15 @@ enum RequestFraming {
 
 /// Writes the request line and header fields into `buf`, the framing
 /// header last, and says how the body follows.
-fn encode_head(buf: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBody) -> RequestFraming {
+fn encode_head(buf: &mut Vec<u8>, req: &Request<RequestBody>) -> RequestFraming {
     buf.clear();
-    buf.extend_from_slice(parts.method.as_str().as_bytes());
+    buf.extend_from_slice(req.method().as_str().as_bytes());
     buf.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     buf.extend_from_slice(target.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
     let mut declared = false;
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers() {
         // The framing is this hop's own, written below from the body itself.
         if name == CONTENT_LENGTH {
             declared = true;
@@ -254,9 +254,10 @@ fn encode_head(buf: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
         }
         put_field(buf, name, value);
     }
+    let body = req.body();
     let framing = if body.is_end_stream() {
         // RFC 9110 §8.6: a length for methods that define content, even empty.
-        let defines_content = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+        let defines_content = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
         if declared || defines_content {
             buf.extend_from_slice(b"content-length: 0\r\n");
         }
@@ -888,7 +889,7 @@ mod tests {
                 for _ in 0..2 {
                     let req = Request::get("/").body(RequestBody::full(Bytes::new())).expect("request");
                     let deadline = Instant::now() + std::time::Duration::from_secs(5);
-                    let resp = pool.send(req, deadline).await.map_err(|e| format!("{:?}", e.error)).expect("an answer");
+                    let resp = pool.send(Box::new(req), deadline).await.map_err(|e| format!("{:?}", e.error)).expect("an answer");
                     let collected = resp.into_body().collect().await.expect("a whole body");
                     trailers.push(collected.trailers().and_then(|t| t.get("x-t")).map(|v| v.as_bytes().to_vec()));
                     bodies.push(collected.to_bytes());
@@ -915,7 +916,7 @@ mod tests {
             .body(RequestBody::full(Bytes::new()))
             .expect("request");
         let resp = pool
-            .send(req, Instant::now() + std::time::Duration::from_secs(5))
+            .send(Box::new(req), Instant::now() + std::time::Duration::from_secs(5))
             .await
             .map_err(|e| format!("{:?}", e.error))
             .expect("an answer");
@@ -935,23 +936,28 @@ mod tests {
     #[test]
     fn the_request_head_carries_this_hops_framing() {
         let mut buf = Vec::new();
-        let (mut parts, ()) = Request::post("/a?b=1").body(()).expect("request").into_parts();
-        parts.headers.insert("x-a", HeaderValue::from_static("1"));
-        parts
-            .headers
+        let mut req = Request::post("/a?b=1")
+            .body(RequestBody::full(Bytes::from_static(b"hello")))
+            .expect("request");
+        req.headers_mut().insert("x-a", HeaderValue::from_static("1"));
+        req.headers_mut()
             .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        let framing = encode_head(&mut buf, &parts, &RequestBody::full(Bytes::from_static(b"hello")));
+        let framing = encode_head(&mut buf, &req);
         assert_eq!(framing, RequestFraming::Length(5));
         assert_eq!(
             String::from_utf8_lossy(&buf),
             "POST /a?b=1 HTTP/1.1\r\nx-a: 1\r\ncontent-length: 5\r\n\r\n"
         );
-        let (parts, ()) = Request::get("/").body(()).expect("request").into_parts();
-        let framing = encode_head(&mut buf, &parts, &RequestBody::full(Bytes::new()));
+        let req = Request::get("/")
+            .body(RequestBody::full(Bytes::new()))
+            .expect("request");
+        let framing = encode_head(&mut buf, &req);
         assert_eq!(framing, RequestFraming::None);
         assert_eq!(String::from_utf8_lossy(&buf), "GET / HTTP/1.1\r\n\r\n");
-        let (parts, ()) = Request::put("/").body(()).expect("request").into_parts();
-        encode_head(&mut buf, &parts, &RequestBody::full(Bytes::new()));
+        let req = Request::put("/")
+            .body(RequestBody::full(Bytes::new()))
+            .expect("request");
+        encode_head(&mut buf, &req);
         assert_eq!(
             String::from_utf8_lossy(&buf),
             "PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"

@@ -61,10 +61,10 @@ pub struct SendError {
 }
 
 impl SendError {
-    fn unsent(error: CallError, req: Request<RequestBody>) -> SendError {
+    fn unsent(error: CallError, req: Box<Request<RequestBody>>) -> SendError {
         SendError {
             error,
-            unsent: Some(Box::new(req)),
+            unsent: Some(req),
         }
     }
 
@@ -209,7 +209,7 @@ impl Pool {
     /// the upstream, so the caller may send it elsewhere whatever its method.
     pub async fn send(
         &self,
-        mut req: Request<RequestBody>,
+        mut req: Box<Request<RequestBody>>,
         head_deadline: Instant,
     ) -> Result<Response<Body>, SendError> {
         // The HTTP/2 exchange, upgrades and dials are polled out of line
@@ -263,7 +263,7 @@ impl Pool {
     /// none). Streams share the connection: each keeps its own timer.
     async fn send_h2(
         &self,
-        req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
         head_deadline: Instant,
     ) -> Result<Response<Body>, SendError> {
         let mut sender = match self.open_h2() {
@@ -274,14 +274,14 @@ impl Pool {
                 Err(_) => return Err(SendError::unsent(CallError::ConnectTimeout, req)),
             },
         };
-        exchanged(tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await)
+        exchanged(tokio::time::timeout_at(head_deadline, sender.try_send_request(*req)).await)
     }
 
     /// An upgrade request on a new connection of its own, driven with
     /// upgrades on so that a 101 hands the connection over.
     async fn send_upgrade(
         &self,
-        req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
         head_deadline: Instant,
     ) -> Result<Response<Body>, SendError> {
         let io = match self.connect().await {
@@ -297,7 +297,7 @@ impl Pool {
             let e = std::io::Error::other("connection closed during handshake");
             return Err(SendError::unsent(CallError::Connect(e), req));
         }
-        exchanged(tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await)
+        exchanged(tokio::time::timeout_at(head_deadline, sender.try_send_request(*req)).await)
     }
 
     async fn connect(&self) -> Result<UpstreamIo, CallError> {
@@ -585,7 +585,7 @@ fn exchanged(
     match outcome {
         Ok(Ok(resp)) => Ok(resp.map(Body::Hyper)),
         Ok(Err(mut e)) => Err(match e.take_message() {
-            Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error().into()), unsent),
+            Some(unsent) => SendError::unsent(CallError::Exchange(e.into_error().into()), Box::new(unsent)),
             None => SendError::sent(CallError::Exchange(e.into_error().into())),
         }),
         Err(_) => Err(SendError::sent(CallError::HeadTimeout)),
