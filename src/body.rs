@@ -233,7 +233,9 @@ impl Body for RequestBody {
 /// The body of a response to a client.
 pub enum ResponseBody {
     Full(Option<Bytes>),
-    Upstream(UpstreamBody),
+    /// Boxed: a response moves through several calls on its way to the
+    /// client, and this keeps it ~100 bytes smaller at each copy.
+    Upstream(Box<UpstreamBody>),
     /// A body a response phase rewrites as it streams (compression, a
     /// cache recording it).
     Wrapped(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
@@ -271,13 +273,13 @@ impl ResponseBody {
     ) -> Self {
         // hyper will not poll an empty body: the exchange is already complete.
         let in_flight = (!inner.is_end_stream()).then_some(in_flight);
-        ResponseBody::Upstream(UpstreamBody {
+        ResponseBody::Upstream(Box::new(UpstreamBody {
             inner,
             deadline,
             read_timeout,
             timer: None,
             in_flight,
-        })
+        }))
     }
 }
 

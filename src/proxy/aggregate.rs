@@ -275,8 +275,14 @@ impl Aggregate {
                             host: None,
                             deadline,
                         };
-                        let resp =
-                            forward(c, parts, pq, RequestBody::full(Bytes::new()), &mut sub_ex).await?;
+                        let resp = forward(
+                            c,
+                            Box::new(parts),
+                            pq,
+                            RequestBody::full(Bytes::new()),
+                            &mut sub_ex,
+                        )
+                        .await?;
                         read_json(resp).await
                     };
                     match tokio::time::timeout_at(deadline, call_future).await {

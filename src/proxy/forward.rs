@@ -54,7 +54,7 @@ enum Attempt {
 /// Sends the request upstream, retrying as the upstream's policy allows.
 pub async fn forward(
     call: Call<'_>,
-    mut parts: request::Parts,
+    mut parts: Box<request::Parts>,
     pq: PathAndQuery,
     mut body: RequestBody,
     ex: &mut Exchange,
@@ -95,7 +95,7 @@ pub async fn forward(
     // Boxed: it moves down four calls to the connection (and back, when it
     // was not sent), each a copy of ~280 bytes into memory not touched
     // since this connection's last request; the box moves a pointer.
-    let mut req = Box::new(Request::from_parts(parts, body));
+    let mut req = Box::new(Request::from_parts(*parts, body));
     let mut tried: Vec<Arc<Target>> = Vec::new();
     let first_sent = crate::clock::now();
     let mut sent = first_sent;

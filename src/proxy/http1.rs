@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderName, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, Method, Request, Response, StatusCode, Uri, Version, request};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -160,7 +160,7 @@ pub async fn serve<S, B, F, Fut>(
 ) -> Outcome<S>
 where
     S: ClientIo + 'static,
-    F: FnMut(Request<ClientBody>) -> Fut,
+    F: FnMut(Box<request::Parts>, ClientBody) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes, Error = BoxError>,
 {
@@ -183,14 +183,14 @@ where
             }
         };
         let Head {
-            mut request,
+            mut parts,
             framing,
             keep_alive,
             conflict,
             te_trailers,
         } = head;
         if conflict {
-            request.extensions_mut().insert(ConflictingFraming);
+            parts.extensions.insert(ConflictingFraming);
         }
         let body = if framing == BodyFraming::Done {
             ServerBody::empty()
@@ -202,11 +202,11 @@ where
             }
         };
         let answer = Answer {
-            to_head: request.method() == Method::HEAD,
-            version: request.version(),
+            to_head: parts.method == Method::HEAD,
+            version: parts.version,
             trailers: te_trailers,
         };
-        let response = respond(request.map(|()| ClientBody::Http1(body))).await;
+        let response = respond(parts, ClientBody::Http1(body)).await;
         let keep_alive = keep_alive && !closing();
         let kept = write_response(&shared, &mut out, response, &answer, keep_alive).await;
         // Another request may follow only once this one's body is read to
@@ -266,7 +266,9 @@ enum Next {
 
 /// A parsed request head.
 struct Head {
-    request: Request<()>,
+    /// Boxed: it moves down several calls to the upstream's, each a copy
+    /// into memory the connection has not touched since its last request.
+    parts: Box<request::Parts>,
     framing: BodyFraming,
     keep_alive: bool,
     /// Both `Content-Length` and `Transfer-Encoding` came.
@@ -417,13 +419,13 @@ fn parse_head(read: &mut BytesMut) -> Result<Parsed, GatewayError> {
     } else {
         framing.keep_alive && !framing.close
     };
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
     Ok(Parsed::Head(Head {
-        request,
+        parts: Box::new(parts),
         framing: body,
         keep_alive,
         conflict,

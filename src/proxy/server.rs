@@ -328,7 +328,8 @@ async fn respond(
     runtime: &RuntimeHandle,
     info: &ConnInfo,
     tracker: &Arc<Tracker>,
-    req: hyper::Request<ClientBody>,
+    parts: Box<http::request::Parts>,
+    body: ClientBody,
 ) -> hyper::Response<TrackedBody> {
     let guard = RequestGuard::start(tracker.clone());
     // Each request reads the runtime once: a reload never changes it mid-request.
@@ -336,8 +337,8 @@ async fn respond(
     // Boxed from the start: the record rides with the response through
     // several moves (into the body, through the write path), and a pointer
     // moves where ~200 bytes would be copied into cold memory each time.
-    let mut ex = Box::new(Exchange::start(&rt, req.method(), info.peer.ip()));
-    let resp = handle(&rt, info, req, &mut ex).await;
+    let mut ex = Box::new(Exchange::start(&rt, &parts.method, info.peer.ip()));
+    let resp = handle(&rt, info, parts, body, &mut ex).await;
     resp.map(|body| TrackedBody {
         inner: body,
         _guard: guard,
@@ -382,8 +383,8 @@ where
     let conn_task = tokio::spawn(crate::clock::scoped(async move {
         let tracker = conn_tracker;
         let closing = || tracker.closing.load(Ordering::SeqCst);
-        let outcome = http1::serve(io, &settings, &closing, |req| {
-            respond(&runtime, &info, &tracker, req)
+        let outcome = http1::serve(io, &settings, &closing, |parts, body| {
+            respond(&runtime, &info, &tracker, parts, body)
         })
         .await;
         if let http1::Outcome::Handoff(mut io, buffered) = outcome {
@@ -402,8 +403,15 @@ where
                 let (runtime, info, tracker) = (runtime.clone(), info.clone(), svc_tracker.clone());
                 async move {
                     let head = req.method() == http::Method::HEAD;
-                    let req = req.map(ClientBody::Hyper);
-                    let mut resp = respond(&runtime, &info, &tracker, req).await;
+                    let (parts, body) = req.into_parts();
+                    let mut resp = respond(
+                        &runtime,
+                        &info,
+                        &tracker,
+                        Box::new(parts),
+                        ClientBody::Hyper(body),
+                    )
+                    .await;
                     if head {
                         // hyper leaves out a HEAD answer's body over HTTP/1.1
                         // only; over HTTP/2 it would send it (a protocol

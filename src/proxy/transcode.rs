@@ -196,7 +196,7 @@ impl Transcoder {
         };
         let resp = forward(
             call,
-            parts,
+            Box::new(parts),
             b.grpc_path.clone(),
             RequestBody::full(framed.freeze()),
             ex,
