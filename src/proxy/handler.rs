@@ -347,7 +347,7 @@ async fn process(
             let path = normalized.as_deref().unwrap_or(parts.uri.path()).to_string();
             // Out of line: rare branches keep the common request future
             // small (it is moved whole) and its code dense (`outline.rs`).
-            outlined(transcoder.run(route, upstream, &ctx, host, *parts, &path, body, ex)).await?
+            outlined(transcoder.run(route, upstream, &ctx, host, parts, &path, body, ex)).await?
         }
         Action::Aggregate(agg) => {
             let path = normalized.as_deref().unwrap_or(parts.uri.path());
@@ -379,7 +379,7 @@ async fn process(
             if websocket != Upgrade::No {
                 let hold = conn.hold.clone();
                 return outlined(upgrade(
-                    rt, route, upstream, &ctx, host, *parts, pq, body, hold, ex,
+                    rt, route, upstream, &ctx, host, parts, pq, body, hold, ex,
                 ))
                 .await;
             }
@@ -456,7 +456,7 @@ async fn upgrade(
     upstream: &crate::upstream::Upstream,
     ctx: &RequestCtx<'_>,
     host: Option<HeaderValue>,
-    mut parts: request::Parts,
+    mut parts: Box<request::Parts>,
     pq: PathAndQuery,
     body: RequestBody,
     hold: ConnHold,
@@ -489,14 +489,8 @@ async fn upgrade(
     // An upgrade request has no body; over HTTP/2 the stream's data is the
     // tunnel's, never a body to send up.
     drop(body);
-    let mut resp = super::forward::forward(
-        call,
-        Box::new(parts),
-        pq,
-        RequestBody::full(bytes::Bytes::new()),
-        ex,
-    )
-    .await?;
+    let mut resp =
+        super::forward::forward(call, parts, pq, RequestBody::full(bytes::Bytes::new()), ex).await?;
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         let Some(theirs) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
             return Err(GatewayError::UpstreamProtocol(

@@ -153,7 +153,7 @@ impl Transcoder {
         upstream: &Upstream,
         ctx: &RequestCtx<'_>,
         host: Option<HeaderValue>,
-        mut parts: request::Parts,
+        mut parts: Box<request::Parts>,
         path: &str,
         mut body: RequestBody,
         ex: &mut Exchange,
@@ -196,7 +196,7 @@ impl Transcoder {
         };
         let resp = forward(
             call,
-            Box::new(parts),
+            parts,
             b.grpc_path.clone(),
             RequestBody::full(framed.freeze()),
             ex,
