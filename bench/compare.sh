@@ -10,6 +10,12 @@
 # nginx doing the same header work (all but traceparent, which stock nginx
 # cannot generate), for a like-for-like figure.
 #
+# Two builds of Portcullis run side by side: `portcullis-w1`, the plain
+# `cargo build --release`, and `portcullis-pgo-w1`, the same sources built
+# with profile-guided optimization by bench/pgo.sh (the build we ship and
+# hold to the targets; about 20 minutes of building the first time).
+# PGO=0 leaves the second out.
+#
 #   bench/compare.sh                 # 3 rounds x 10 s, HTTP/1.1 (wrk) + h2c (h2load)
 #   bench/compare.sh --rounds 1 --duration 5
 # Extra arguments go to the shared harness. Needs: nginx, haproxy, wrk,
@@ -25,8 +31,15 @@ build_bench
 # A stale link order (bench/hot-symbols.sh) measures a slower layout.
 "$ROOT/bench/hot-symbols.sh" --check || true
 
-PORT=19500
+PORT=19500 PGO_PORT=19510
 bench_config "$PORT" >"$WORK/bench.yaml"
+pgo=()
+if [ "${PGO:-1}" != 0 ]; then
+  PGO_BIN="$("$ROOT/bench/pgo.sh" | tail -n 1)"
+  bench_config "$PGO_PORT" >"$WORK/bench-pgo.yaml"
+  pgo=(--candidate "$PGO_BIN run -c $WORK/bench-pgo.yaml --workers 1 --log-level warn"
+    --candidate-port "$PGO_PORT" --candidate-h2-port "$PGO_PORT" --candidate-name portcullis-pgo-w1)
+fi
 
 NGX="$WORK/nginx-eq"
 mkdir -p "$NGX"
@@ -75,6 +88,7 @@ NGINX
 exec "$HARNESS/compare.sh" --only nginx-w1,haproxy-t1 --h2 \
   --candidate "$ROOT/target/release/portcullis run -c $WORK/bench.yaml --workers 1 --log-level warn" \
   --candidate-port "$PORT" --candidate-h2-port "$PORT" --candidate-name portcullis-w1 \
+  "${pgo[@]}" \
   --candidate "sed 's/UPSTREAM/{upstream}/' $NGX/nginx.conf.in > $NGX/nginx.conf && exec nginx -c $NGX/nginx.conf" \
   --candidate-port 19520 --candidate-h2-port 19521 --candidate-name nginx-w1-eq \
   --out "${BENCH_OUT:-$WORK/results}" "$@"
