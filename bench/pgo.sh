@@ -80,6 +80,7 @@ load() { # N CONNS URL [H2LOAD ARGS...]: requests that must all get an answer
 echo "pgo: training" >&2
 "$GEN" run -c "$WORK/train.yaml" --workers 1 --no-watch --log-level error &
 gw=$!
+pids+=($gw)
 wait_up "http://127.0.0.1:$PORT/anything"
 load 200000 64 "http://127.0.0.1:$PORT/anything" --h1
 load 50000 16 "http://127.0.0.1:$PORT/anything" -m 10
@@ -116,6 +117,7 @@ printf '{"sku":"A-1","qty":2}' >"$WORK/order.json"
 printf '{"sku":"A-1","qty":0}' >"$WORK/bad-order.json"
 "$GEN" run -c "$WORK/plugins.yaml" --workers 1 --no-watch --log-level error &
 gw=$!
+pids+=($gw)
 P="http://127.0.0.1:$PLUGIN_PORT"
 wait_up "$P/ip"
 load 10000 16 "$P/waf/search?q=portcullis+gateway" --h1
@@ -132,6 +134,7 @@ wait $gw
 
 "$GEN" demo --port "$DEMO_PORT" --log-level error >"$WORK/demo.out" 2>&1 &
 demo=$!
+pids+=($demo)
 wait_up "http://127.0.0.1:$DEMO_PORT/api/users/1"
 D="http://127.0.0.1:$DEMO_PORT"
 jwt=$(sed -n 's/^ *JWT ([^)]*): *//p' "$WORK/demo.out")
